@@ -1,0 +1,33 @@
+"""Development sessions: tests, lint, typecheck, demo, bench."""
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite, warnings as errors, asyncio debug mode on."""
+    session.install("-e", ".[test]")
+    session.env["PYTHONASYNCIODEBUG"] = "1"
+    session.run("pytest", "-W", "error", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "onion_tls", "tests", "examples", "noxfile.py")
+    session.run("ruff", "format", "--check", "onion_tls", "tests", "examples", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[test]", "mypy")
+    session.run("mypy", "onion_tls")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    session.install(".")
+    session.run("python", "-m", "onion_tls", "demo", *session.posargs)

@@ -1,0 +1,31 @@
+"""onion_tls: TLS inside TLS inside TLS, on one asyncio connection.
+
+Wrap any asyncio protocol; push TLS layers under its transport with
+``transport.start_tls()`` and pop them with ``transport.stop_tls()``.
+"""
+
+from ._transport import OnionProtocol, OnionTransport, wrap
+from ._view import TLSLayer
+from .errors import (
+    HandshakeError,
+    LayerStateError,
+    OnionError,
+    TLSProtocolError,
+    TLSTimeoutError,
+    TruncatedError,
+)
+
+__all__ = [
+    "HandshakeError",
+    "LayerStateError",
+    "OnionError",
+    "OnionProtocol",
+    "OnionTransport",
+    "TLSLayer",
+    "TLSProtocolError",
+    "TLSTimeoutError",
+    "TruncatedError",
+    "wrap",
+]
+
+__version__ = "0.1.0"

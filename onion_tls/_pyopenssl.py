@@ -1,0 +1,244 @@
+"""The pyOpenSSL engine: ``OpenSSL.SSL.Connection(context, None)`` (sans-IO).
+
+The connection owns two memory BIOs: ``bio_write`` feeds the peer's
+ciphertext in, ``bio_read`` takes ours out.  pyOpenSSL does not check the
+server's name, so a client layer with ``server_hostname`` installs a verify
+callback on its own connection (the caller's context is not touched): the
+chain is checked by OpenSSL against the context's trust store, and the leaf
+certificate's name by ``service_identity``, during the handshake, so a
+mismatch makes OpenSSL send the peer a ``bad_certificate`` alert.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from typing import TYPE_CHECKING, Any
+
+from OpenSSL import SSL
+
+from ._engine import EngineError, PeerClosed, keylog_path, peercert_dict, verify_error_text
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from OpenSSL import crypto
+
+__all__ = ["PyOpenSSLEngine"]
+
+# Taking ciphertext out of the BIO: one bio_read() call of this size almost
+# always empties it (a 64 KiB write gives ~64.1 KiB of records).
+_OUT_CHUNK = 256 * 1024
+_keylog_lock = threading.Lock()
+
+
+def _ssl_error_text(exc: SSL.Error) -> tuple[str, bool]:
+    """(reason in words, whether it came from the peer's alert)."""
+    reasons: list[str] = []
+    for item in exc.args[0] if exc.args and isinstance(exc.args[0], list) else ():
+        if isinstance(item, tuple) and len(item) == 3 and item[2]:
+            reasons.append(str(item[2]))
+    if not reasons:
+        text = str(exc) or type(exc).__name__
+        return text, False
+    text = "; ".join(dict.fromkeys(reasons))
+    return text, any("alert" in r for r in reasons)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class PyOpenSSLEngine:
+    engine_name = "pyopenssl"
+
+    def __init__(
+        self,
+        context: SSL.Context,
+        *,
+        server_side: bool,
+        server_hostname: str | None,
+        session: object | None,
+    ) -> None:
+        self._context = context
+        self.server_side = server_side
+        self.server_hostname = server_hostname
+        self._verify_failure: str | None = None
+        self._full_handshake = False
+        self._session_offered = session is not None
+        conn = SSL.Connection(context, None)
+        self._conn = conn
+        # TLS 1.2 renegotiation is refused: a renegotiated session could change
+        # identity under the application's feet; OpenSSL answers with an alert.
+        conn.set_options(SSL.OP_NO_RENEGOTIATION)
+        conn.set_info_callback(self._on_info)
+        if server_side:
+            conn.set_accept_state()
+        else:
+            conn.set_connect_state()
+            if server_hostname:
+                if not _is_ip(server_hostname):
+                    conn.set_tlsext_host_name(server_hostname.encode("idna"))
+                mode = context.get_verify_mode() | SSL.VERIFY_PEER
+                conn.set_verify(mode, self._verify)
+            if session is not None:
+                if not isinstance(session, SSL.Session):
+                    raise TypeError(
+                        "a pyOpenSSL layer resumes an OpenSSL.SSL.Session, "
+                        f"not {type(session).__name__}"
+                    )
+                conn.set_session(session)
+        if keylog_path() is not None:
+            context.set_keylog_callback(_write_keylog)
+
+    # -- verification -------------------------------------------------------
+
+    def _verify(
+        self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
+    ) -> bool:
+        if not ok:
+            if self._verify_failure is None:
+                self._verify_failure = verify_error_text(errno)
+            return False
+        if depth == 0 and self.server_hostname:
+            from service_identity import CertificateError, VerificationError
+            from service_identity.cryptography import (
+                verify_certificate_hostname,
+                verify_certificate_ip_address,
+            )
+
+            leaf = cert.to_cryptography()
+            try:
+                if _is_ip(self.server_hostname):
+                    verify_certificate_ip_address(leaf, self.server_hostname)
+                else:
+                    verify_certificate_hostname(leaf, self.server_hostname)
+            except (VerificationError, CertificateError) as exc:
+                self._verify_failure = (
+                    f"hostname mismatch: certificate is not valid for "
+                    f"{self.server_hostname!r} ({exc})"
+                )
+                return False
+        return True
+
+    def _on_info(self, conn: SSL.Connection, where: int, ret: int) -> None:
+        # A full handshake moves the server's certificate; a resumed one does
+        # not.  This is the only public way pyOpenSSL tells resumption.
+        if where & SSL.SSL_CB_LOOP:
+            state = conn.get_state_string()
+            if state in (b"SSLv3/TLS read server certificate", b"SSLv3/TLS write certificate"):
+                self._full_handshake = True
+
+    def _error(self, exc: SSL.Error) -> EngineError:
+        text, alert = _ssl_error_text(exc)
+        if self._verify_failure is not None:
+            text = f"certificate verify failed: {self._verify_failure}"
+            alert = False
+        return EngineError(text, alert_received=alert)
+
+    # -- the engine interface -------------------------------------------------
+
+    def feed(self, data: bytes | memoryview) -> None:
+        self._conn.bio_write(data)
+
+    def do_handshake(self) -> bool:
+        try:
+            self._conn.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.ZeroReturnError:
+            raise EngineError("the peer closed the session during the handshake") from None
+        except SSL.SysCallError as exc:
+            raise EngineError(f"handshake failed ({exc})") from None
+        except SSL.Error as exc:
+            raise self._error(exc) from None
+        return True
+
+    def read(self, max_bytes: int) -> bytes:
+        try:
+            return self._conn.recv(max_bytes)
+        except SSL.WantReadError:
+            return b""
+        except SSL.ZeroReturnError:
+            raise PeerClosed from None
+        except SSL.SysCallError as exc:
+            raise EngineError(f"read failed ({exc})") from None
+        except SSL.Error as exc:
+            raise self._error(exc) from None
+
+    def write(self, data: bytes | memoryview) -> int:
+        try:
+            return self._conn.send(data)
+        except SSL.WantReadError:
+            return 0
+        except SSL.Error as exc:
+            raise self._error(exc) from None
+
+    def shutdown(self) -> None:
+        try:
+            self._conn.shutdown()
+        except SSL.Error as exc:
+            raise self._error(exc) from None
+
+    def take_output(self) -> bytes:
+        out = b""
+        while True:
+            try:
+                data = self._conn.bio_read(_OUT_CHUNK)
+            except SSL.WantReadError:
+                return out
+            out = out + data if out else data
+            if len(data) < _OUT_CHUNK:
+                return out
+
+    # -- what the layer view reports ------------------------------------------
+
+    def requested_server_name(self) -> str | None:
+        name = self._conn.get_servername()
+        return name.decode("idna") if name else None
+
+    def version(self) -> str | None:
+        name = self._conn.get_protocol_version_name()
+        return None if name in ("", "Unknown") else name
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        name = self._conn.get_cipher_name()
+        if name is None:
+            return None
+        return (name, self._conn.get_cipher_version() or "", self._conn.get_cipher_bits() or 0)
+
+    def alpn_protocol(self) -> str | None:
+        proto = self._conn.get_alpn_proto_negotiated()
+        return proto.decode("ascii", "replace") if proto else None
+
+    def peer_certificate(self) -> x509.Certificate | None:
+        return self._conn.get_peer_certificate(as_cryptography=True)
+
+    def peercert(self) -> dict[str, Any] | None:
+        cert = self.peer_certificate()
+        return None if cert is None else peercert_dict(cert)
+
+    def session(self) -> object | None:
+        return self._conn.get_session()
+
+    def session_reused(self) -> bool:
+        return self.version() is not None and not self._full_handshake
+
+    @property
+    def ssl_object(self) -> SSL.Connection:
+        return self._conn
+
+    @property
+    def context(self) -> SSL.Context:
+        return self._context
+
+
+def _write_keylog(conn: SSL.Connection, line: bytes) -> None:
+    path = keylog_path()
+    if path is None:
+        return
+    with _keylog_lock, open(path, "ab") as f:
+        f.write(line + b"\n")

@@ -1,0 +1,624 @@
+"""The asyncio adapter: :class:`OnionProtocol` and :class:`OnionTransport`.
+
+The event loop talks to :class:`OnionProtocol` (an ``asyncio.Protocol`` over
+the raw socket transport); the application talks to :class:`OnionTransport`
+(the full ``asyncio.Transport`` API plus ``start_tls``/``stop_tls``).  Both
+are thin: the layer logic lives in the sans-IO chain (:mod:`._chain`).  What
+lives here is what needs the event loop: futures, timers, scheduling of
+deliveries, and flow control.
+
+Flow control (writing) is one membrane: the application is paused while the
+raw transport is paused *or* the plaintext queued inside the chain is above
+the high-water mark, and resumed when neither holds.  Flow control (reading):
+``pause_reading`` stops deliveries to the application at once; the raw
+transport is paused too, except while a handshake or shutdown needs the
+peer's bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+from ._chain import Chain
+from ._engine import new_engine
+from ._layer import Layer
+from ._view import TLSLayer
+from .errors import HandshakeError, LayerStateError, OnionError, TLSTimeoutError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+__all__ = ["OnionProtocol", "OnionTransport", "wrap"]
+
+logger = logging.getLogger("onion_tls")
+
+_DEFAULT_HIGH = 64 * 1024
+# After a fatal error we close the socket so the alert can leave; if the
+# peer does not read it, the socket is aborted after this long.
+_ALERT_GRACE = 2.0
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    # A failed start/stop future is always accompanied by connection_lost(exc),
+    # so an un-awaited one must not also be logged as "never retrieved".
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _check_timeout(name: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    if not value > 0 or math.isnan(value):
+        raise ValueError(f"{name} must be a positive number of seconds or None, not {value!r}")
+    return float(value)
+
+
+class OnionProtocol(asyncio.Protocol):
+    """The protocol the event loop sees; it owns the layer chain.
+
+    ``OnionProtocol(app_protocol)`` wraps any ``asyncio.Protocol`` or
+    ``asyncio.BufferedProtocol``; :func:`wrap` builds a factory of these for
+    ``loop.create_connection`` and ``loop.create_server``.
+    """
+
+    def __init__(self, app_protocol: asyncio.BaseProtocol) -> None:
+        self._app: asyncio.BaseProtocol = app_protocol
+        self._buffered = isinstance(app_protocol, asyncio.BufferedProtocol)
+        self._raw: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._chain = Chain(self)
+        #: What the application talks to.
+        self.transport = OnionTransport(self)
+        self._starts: dict[Layer, tuple[asyncio.Future[TLSLayer], asyncio.TimerHandle | None]] = {}
+        self._stop: tuple[Layer, asyncio.Future[TLSLayer], asyncio.TimerHandle | None] | None = None
+        self._error: BaseException | None = None
+        self._lost = False
+        self._peer_eof = False
+        self._flush_scheduled = False
+        self._grace: asyncio.TimerHandle | None = None
+        # flow control
+        self._high = _DEFAULT_HIGH
+        self._low = _DEFAULT_HIGH // 4
+        self._raw_write_paused = False
+        self._queue_over = False
+        self._app_write_paused = False
+        self._raw_read_paused = False
+
+    # -- asyncio.Protocol: what the event loop calls -----------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._raw = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
+        self._app.connection_made(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._chain.feed(data)
+        self._after_chain_change()
+
+    def eof_received(self) -> bool:
+        self._peer_eof = True
+        self._chain.feed_eof()
+        # The chain closes the socket itself when it should.
+        return not self._chain.dead
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        chain = self._chain
+        chain.mark_dead()
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        err = self._error if self._error is not None else exc
+        if (
+            isinstance(err, (BrokenPipeError, ConnectionResetError))
+            and self._peer_eof
+            and chain.closing
+        ):
+            # The peer had closed cleanly (EOF after every close_notify) and
+            # was gone before our answering close_notify got there: that is
+            # still a clean close.
+            err = None
+        if err is None and (self._starts or self._stop is not None):
+            err = OnionError("the connection was closed while a layer was changing")
+        self._fail_futures(err)
+        # Data that was decrypted before the end still reaches the app.
+        if not chain.tail.paused:
+            for item in tuple(chain.tail.backlog):
+                if isinstance(item, bytes):
+                    self.deliver_data(item)
+        chain.tail.backlog.clear()
+        app = self._app
+        try:
+            app.connection_lost(err)  # type: ignore[arg-type]
+        finally:
+            self._raw = None
+
+    def pause_writing(self) -> None:
+        self._raw_write_paused = True
+        self._update_app_writing()
+
+    def resume_writing(self) -> None:
+        self._raw_write_paused = False
+        self._update_app_writing()
+
+    # -- ChainHooks: what the chain asks of the world ---------------------------
+
+    def write_raw(self, data: bytes | memoryview) -> None:
+        raw = self._raw
+        if raw is not None and not self._lost:
+            raw.write(data)
+
+    def deliver_data(self, data: bytes) -> None:
+        app = self._app
+        if not self._buffered:
+            app.data_received(data)  # type: ignore[attr-defined]
+            return
+        view = memoryview(data)
+        while view:
+            buf = app.get_buffer(len(view))  # type: ignore[attr-defined]
+            n = min(len(buf), len(view))
+            if n == 0:
+                raise RuntimeError("get_buffer() returned an empty buffer")
+            memoryview(buf)[:n] = view[:n]
+            app.buffer_updated(n)  # type: ignore[attr-defined]
+            view = view[n:]
+
+    def deliver_eof(self) -> bool | None:
+        return self._app.eof_received()  # type: ignore[attr-defined, no-any-return]
+
+    def schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._loop is not None and not self._lost:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._lost:
+            self._chain.tail.flush()
+            self._after_chain_change()
+
+    def handshake_done(self, layer: Layer) -> None:
+        fut, timer = self._starts.pop(layer, (None, None))
+        if timer is not None:
+            timer.cancel()
+        engine = layer.engine
+        logger.debug(
+            "layer %d: handshake done (%s, %s, %s, resumed=%s)",
+            layer.depth,
+            "server" if engine.server_side else "client",
+            engine.version(),
+            (engine.cipher() or ("?",))[0],
+            engine.session_reused(),
+        )
+        if fut is not None and not fut.done():
+            fut.set_result(layer.view)  # type: ignore[arg-type]
+
+    def layer_popped(self, layer: Layer) -> None:
+        logger.debug("layer %d: popped (unwrapped)", layer.depth)
+        stop, self._stop = self._stop, None
+        if stop is None:
+            return
+        _, fut, timer = stop
+        if timer is not None:
+            timer.cancel()
+        if not fut.done():
+            fut.set_result(layer.view)  # type: ignore[arg-type]
+
+    def failed(self, exc: OnionError) -> None:
+        logger.debug("%s", exc)
+        self._error = exc
+        self._fail_futures(exc)
+        raw = self._raw
+        if raw is None or self._lost:
+            return
+        if isinstance(exc, TLSTimeoutError) or self._loop is None:
+            raw.abort()
+            return
+        raw.close()  # lets the alert leave first
+        self._grace = self._loop.call_later(_ALERT_GRACE, raw.abort)
+
+    def close_raw(self) -> None:
+        raw = self._raw
+        if raw is not None and not self._lost:
+            raw.close()
+
+    # -- futures and timers -------------------------------------------------
+
+    def _fail_futures(self, err: BaseException | None) -> None:
+        starts, self._starts = self._starts, {}
+        for layer, (fut, timer) in starts.items():
+            if timer is not None:
+                timer.cancel()
+            if fut.done():
+                continue
+            if isinstance(err, OnionError) and err.depth == layer.depth:
+                fut.set_exception(err)
+            else:
+                why = str(err) if err is not None else "the connection was closed"
+                e = HandshakeError(f"the handshake could not finish: {why}", depth=layer.depth)
+                e.__cause__ = err
+                fut.set_exception(e)
+        stop, self._stop = self._stop, None
+        if stop is not None:
+            layer, fut, timer = stop
+            if timer is not None:
+                timer.cancel()
+            if not fut.done():
+                if isinstance(err, OnionError) and err.depth == layer.depth:
+                    fut.set_exception(err)
+                else:
+                    why = str(err) if err is not None else "the connection was closed"
+                    e2 = OnionError(f"stop_tls() could not finish: {why}", depth=layer.depth)
+                    e2.__cause__ = err
+                    fut.set_exception(e2)
+
+    def _handshake_timeout(self, layer: Layer, timeout: float) -> None:
+        if layer in self._starts:
+            self._chain.fail(
+                TLSHandshakeTimeout(
+                    f"the handshake did not finish within {timeout:g} s (timeout)",
+                    depth=layer.depth,
+                )
+            )
+
+    def _shutdown_timeout(self, layer: Layer, timeout: float) -> None:
+        if self._stop is not None and self._stop[0] is layer:
+            self._chain.fail(
+                TLSTimeoutError(
+                    f"the peer did not answer close_notify within {timeout:g} s (timeout)",
+                    depth=layer.depth,
+                )
+            )
+
+    # -- what OnionTransport asks for --------------------------------------
+
+    def _start_tls(
+        self,
+        context: object,
+        server_side: bool,
+        server_hostname: str | None,
+        initial_bytes: bytes | bytearray | memoryview,
+        session: object | None,
+        handshake_timeout: float | None,
+    ) -> asyncio.Future[TLSLayer]:
+        loop = self._require_loop()
+        timeout = _check_timeout("handshake_timeout", handshake_timeout)
+        if server_side and server_hostname:
+            raise ValueError("server_hostname is only meaningful with server_side=False")
+        engine = new_engine(
+            context,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            session=session,
+        )
+        layer = self._chain.push(engine)
+        layer.view = TLSLayer(layer)
+        fut: asyncio.Future[TLSLayer] = loop.create_future()
+        fut.add_done_callback(_retrieve)
+        timer = (
+            loop.call_later(timeout, self._handshake_timeout, layer, timeout)
+            if timeout is not None
+            else None
+        )
+        self._starts[layer] = (fut, timer)
+        logger.debug(
+            "layer %d: handshake started (%s, %s%s)",
+            layer.depth,
+            "server" if server_side else "client",
+            engine.engine_name,
+            f", server_hostname={server_hostname!r}" if server_hostname else "",
+        )
+        self._chain.begin(layer, bytes(initial_bytes))
+        self._after_chain_change()
+        return fut
+
+    def _stop_tls(self, timeout: float | None) -> asyncio.Future[TLSLayer]:
+        loop = self._require_loop()
+        t = _check_timeout("timeout", timeout)
+        chain = self._chain
+        layer = chain.innermost()
+        if self._stop is not None and layer is self._stop[0]:
+            return self._stop[1]
+        fut: asyncio.Future[TLSLayer] = loop.create_future()
+        fut.add_done_callback(_retrieve)
+        if layer is not None:
+            self._stop = (layer, fut, None)
+        try:
+            chain.stop_tls()
+        except BaseException:
+            self._stop = None
+            raise
+        assert layer is not None  # chain.stop_tls() raised otherwise
+        logger.debug("layer %d: stop_tls (close_notify sent or queued)", layer.depth)
+        if self._stop is not None and self._stop[1] is fut and t is not None:
+            timer = loop.call_later(t, self._shutdown_timeout, layer, t)
+            self._stop = (self._stop[0], fut, timer)
+        self._after_chain_change()
+        return fut
+
+    def _require_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None or self._raw is None:
+            raise LayerStateError("the transport is not connected")
+        return self._loop
+
+    def _abort(self) -> None:
+        self._chain.mark_dead()
+        if self._error is None:
+            self._error = None
+        self._fail_futures(OnionError("the connection was aborted"))
+        raw = self._raw
+        if raw is not None and not self._lost:
+            raw.abort()
+
+    # -- flow control -----------------------------------------------------------
+
+    def _after_chain_change(self) -> None:
+        self._update_app_writing()
+        self._sync_raw_reading()
+
+    def _update_app_writing(self) -> None:
+        size = self._chain.queued_size()
+        if self._queue_over:
+            if size <= self._low:
+                self._queue_over = False
+        elif size > self._high:
+            self._queue_over = True
+        paused = self._raw_write_paused or self._queue_over
+        if paused == self._app_write_paused or self._lost:
+            return
+        self._app_write_paused = paused
+        try:
+            if paused:
+                self._app.pause_writing()
+            else:
+                self._app.resume_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - reported like asyncio does
+            if self._loop is not None:
+                self._loop.call_exception_handler(
+                    {
+                        "message": "protocol.pause_writing()/resume_writing() failed",
+                        "exception": exc,
+                        "transport": self.transport,
+                        "protocol": self._app,
+                    }
+                )
+
+    def _sync_raw_reading(self) -> None:
+        raw = self._raw
+        if raw is None or self._lost or raw.is_closing():
+            return
+        want_paused = self._chain.tail.paused and not self._chain.needs_input()
+        if want_paused != self._raw_read_paused:
+            self._raw_read_paused = want_paused
+            if want_paused:
+                raw.pause_reading()
+            else:
+                raw.resume_reading()
+
+
+class TLSHandshakeTimeout(HandshakeError, TLSTimeoutError):
+    """A handshake did not finish within ``handshake_timeout``."""
+
+
+class OnionTransport(asyncio.Transport):
+    """The transport the application protocol is given.
+
+    It stays the same object for the life of the connection, whatever layers
+    are pushed and popped under it.
+    """
+
+    def __init__(self, protocol: OnionProtocol) -> None:
+        super().__init__()
+        self._p = protocol
+
+    def __repr__(self) -> str:
+        depth = len(self._p._chain.layers())
+        return f"<OnionTransport depth={depth}{' closing' if self.is_closing() else ''}>"
+
+    # -- layers -------------------------------------------------------------
+
+    def start_tls(
+        self,
+        context: Any,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        initial_bytes: bytes | bytearray | memoryview = b"",
+        session: object | None = None,
+        handshake_timeout: float | None = 60.0,
+    ) -> asyncio.Future[TLSLayer]:
+        """Push a new innermost TLS layer, now, and start its handshake.
+
+        Args:
+          context: an ``ssl.SSLContext`` or an ``OpenSSL.SSL.Context``; it
+            chooses the engine of this layer.
+          server_side: be the TLS server of this layer.
+          server_hostname: (client) the name sent as SNI and checked against
+            the server's certificate.
+          initial_bytes: bytes already received that belong to this layer
+            (a ClientHello pipelined after ``STARTTLS``).  Nothing else
+            already received is ever fed to the new layer.
+          session: an earlier layer's ``TLSLayer.session`` to resume.
+          handshake_timeout: seconds, or None for no limit.
+
+        Returns:
+          A future that resolves with the layer's :class:`TLSLayer` when its
+          handshake is done, or fails with :class:`HandshakeError`.  Writes
+          made meanwhile are sent inside the new layer once it is up.
+
+        Raises:
+          LayerStateError: the connection is closing, or a stop is pending.
+        """
+        return self._p._start_tls(
+            context,
+            server_side,
+            server_hostname,
+            initial_bytes,
+            session,
+            handshake_timeout,
+        )
+
+    def stop_tls(self, *, timeout: float | None = 30.0) -> asyncio.Future[TLSLayer]:
+        """Send close_notify on the innermost layer, now, and pop it when the
+        peer's close_notify arrives.
+
+        Application data the peer sent before its close_notify is delivered;
+        what follows it is delivered through the layer beneath.  Writes made
+        meanwhile are sent through the layer beneath after the pop.
+
+        Returns:
+          A future resolving with the popped :class:`TLSLayer`; it fails with
+          :class:`TLSTimeoutError` when the peer does not answer in time.
+
+        Raises:
+          LayerStateError: there is no layer, or the connection is closing.
+        """
+        return self._p._stop_tls(timeout)
+
+    @property
+    def layers(self) -> tuple[TLSLayer, ...]:
+        """The current layers, outermost first; ``()`` when plaintext."""
+        return tuple(layer.view for layer in self._p._chain.layers())  # type: ignore[misc]
+
+    # -- asyncio.BaseTransport ----------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        p = self._p
+        if name == "layers":
+            return self.layers
+        if name in _LAYER_KEYS:
+            layer = p._chain.innermost()
+            if layer is not None:
+                value = _LAYER_KEYS[name](layer)
+                return default if value is None else value
+        raw = p._raw
+        if raw is None:
+            return default
+        return raw.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        p = self._p
+        return p._lost or p._chain.closing or p._chain.dead
+
+    def close(self) -> None:
+        """Flush held writes, send close_notify on every layer from the
+        innermost out, then close the socket."""
+        p = self._p
+        if p._raw is None or p._lost:
+            return
+        p._chain.close()
+        p._after_chain_change()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._p._app = protocol
+        self._p._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._p._app
+
+    # -- asyncio.ReadTransport -----------------------------------------------
+
+    def is_reading(self) -> bool:
+        return not self._p._chain.tail.paused and not self.is_closing()
+
+    def pause_reading(self) -> None:
+        """Stop delivering data to the protocol (handshakes and shutdowns
+        keep reading what they need)."""
+        p = self._p
+        p._chain.tail.paused = True
+        p._sync_raw_reading()
+
+    def resume_reading(self) -> None:
+        p = self._p
+        tail = p._chain.tail
+        if not tail.paused:
+            return
+        tail.paused = False
+        if tail.backlog:
+            p.schedule_flush()
+        p._sync_raw_reading()
+
+    # -- asyncio.WriteTransport ----------------------------------------------
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = _DEFAULT_HIGH if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        p = self._p
+        p._high, p._low = high, low
+        if p._raw is not None:
+            p._raw.set_write_buffer_limits(high, low)
+        p._update_app_writing()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._p._low, self._p._high)
+
+    def get_write_buffer_size(self) -> int:
+        p = self._p
+        raw = 0 if p._raw is None or p._lost else p._raw.get_write_buffer_size()
+        return raw + p._chain.queued_size()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data: expecting a bytes-like instance, got {type(data).__name__}")
+        if not data:
+            return
+        p = self._p
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        p._chain.write(data)
+        p._update_app_writing()
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.write(b"".join(list_of_data))
+
+    def write_eof(self) -> None:
+        p = self._p
+        if p._chain.layers():
+            raise LayerStateError(
+                "TLS has no half-close: use stop_tls() to unwrap or close() to end"
+            )
+        if p._raw is not None:
+            p._raw.write_eof()
+
+    def can_write_eof(self) -> bool:
+        p = self._p
+        return not p._chain.layers() and p._raw is not None and p._raw.can_write_eof()
+
+    def abort(self) -> None:
+        """Close at once: nothing more is sent, not even close_notify."""
+        self._p._abort()
+
+
+def _cipher(layer: Layer) -> object:
+    return layer.engine.cipher()
+
+
+_LAYER_KEYS: dict[str, Callable[[Layer], object]] = {
+    "ssl_object": lambda layer: layer.engine.ssl_object,
+    "peercert": lambda layer: layer.engine.peercert(),
+    "cipher": _cipher,
+    "sslcontext": lambda layer: layer.engine.context,
+    "ssl_version": lambda layer: layer.engine.version(),
+    "tls_layer": lambda layer: layer.view,
+}
+
+
+def wrap(protocol_factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], OnionProtocol]:
+    """Turn a protocol factory into one for ``loop.create_connection`` /
+    ``loop.create_server`` whose protocols can stack TLS layers."""
+
+    def factory() -> OnionProtocol:
+        return OnionProtocol(protocol_factory())
+
+    return factory

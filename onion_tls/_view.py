@@ -1,0 +1,99 @@
+"""The public, read-only view of one layer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from ._layer import Layer
+
+__all__ = ["TLSLayer"]
+
+
+class TLSLayer:
+    """One TLS session of an onion connection, as the application sees it.
+
+    Instances come from :meth:`OnionTransport.start_tls` (the future's
+    result), :meth:`OnionTransport.stop_tls` and
+    :attr:`OnionTransport.layers`; they are not built by users.  The view
+    stays readable after the layer is popped.
+    """
+
+    __slots__ = ("_layer",)
+
+    def __init__(self, layer: Layer) -> None:
+        self._layer = layer
+
+    def __repr__(self) -> str:
+        return (
+            f"<TLSLayer depth={self.depth} {'server' if self.server_side else 'client'} "
+            f"{self.engine} {self.version or 'handshaking'} {self._layer.state.value}>"
+        )
+
+    @property
+    def depth(self) -> int:
+        """1 for the outermost layer, 2 for the one inside it, ..."""
+        return self._layer.depth
+
+    @property
+    def server_side(self) -> bool:
+        """True when this side is the TLS server of this layer."""
+        return self._layer.engine.server_side
+
+    @property
+    def server_hostname(self) -> str | None:
+        """The name a client layer asked for (SNI) and checked; on a server
+        layer, the name the client asked for, if any."""
+        engine = self._layer.engine
+        if engine.server_side:
+            return engine.requested_server_name()
+        return engine.server_hostname
+
+    @property
+    def engine(self) -> str:
+        """``"pyopenssl"`` or ``"stdlib"``."""
+        return self._layer.engine.engine_name
+
+    @property
+    def state(self) -> str:
+        """The layer's lifecycle state, in words (``"open"``, ...)."""
+        return self._layer.state.value
+
+    @property
+    def version(self) -> str | None:
+        """The TLS version once the handshake is done, e.g. ``"TLSv1.3"``."""
+        return self._layer.engine.version()
+
+    @property
+    def cipher(self) -> str | None:
+        """The cipher suite's name once the handshake is done."""
+        c = self._layer.engine.cipher()
+        return None if c is None else c[0]
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        """The ALPN protocol both sides agreed on, if any."""
+        return self._layer.engine.alpn_protocol()
+
+    @property
+    def peer_certificate(self) -> x509.Certificate | None:
+        """The peer's certificate (the same type for both engines)."""
+        return self._layer.engine.peer_certificate()
+
+    @property
+    def session(self) -> object | None:
+        """Pass to ``start_tls(session=...)`` to resume this session."""
+        return self._layer.engine.session()
+
+    @property
+    def session_reused(self) -> bool:
+        """True when this layer's handshake resumed an earlier session."""
+        return self._layer.engine.session_reused()
+
+    @property
+    def ssl_object(self) -> Any:
+        """The engine's own object (``OpenSSL.SSL.Connection`` or
+        ``ssl.SSLObject``), for what this view lacks."""
+        return self._layer.engine.ssl_object
