@@ -43,6 +43,7 @@ class Recorder(asyncio.Protocol):
         self.transport: OnionTransport
         self.data = bytearray()
         self.chunks: list[bytes] = []
+        self.at_depth: list[tuple[int, bytes]] = []
         self.events: list[tuple[Any, ...]] = []
         self.eofs = 0
         self.lost: list[BaseException | None] = []
@@ -67,6 +68,8 @@ class Recorder(asyncio.Protocol):
         assert not self.lost, "data_received after connection_lost"
         self.data += data
         self.chunks.append(data)
+        #: (number of layers at delivery, data): which depth the data came through
+        self.at_depth.append((len(self.transport.layers), data))
         self.events.append(("data", data))
         if self.on_data is not None:
             self.on_data(data)
@@ -135,6 +138,10 @@ class Recorder(asyncio.Protocol):
     async def wait_lost(self) -> BaseException | None:
         await self.wait_for(lambda: bool(self.lost), "connection_lost")
         return self.lost[0]
+
+    def received_at(self, depth: int) -> bytes:
+        """Everything delivered while ``depth`` layers were stacked."""
+        return b"".join(data for d, data in self.at_depth if d == depth)
 
     def summary(self) -> list[Any]:
         out: list[Any] = []
@@ -315,9 +322,19 @@ def engines_for(mode: str, depth: int) -> tuple[Engine, Engine]:
 
 
 ENGINE_MODES = ("pyopenssl", "stdlib", "mixed")
+#: (TLS client engine, TLS server engine)
+ENGINE_PAIRS: list[tuple[Engine, Engine]] = [
+    ("pyopenssl", "pyopenssl"),
+    ("stdlib", "stdlib"),
+    ("pyopenssl", "stdlib"),
+    ("stdlib", "pyopenssl"),
+]
+ENGINE_PAIR_IDS = ["pp", "ss", "ps", "sp"]
 
 __all__ = [
     "ENGINE_MODES",
+    "ENGINE_PAIRS",
+    "ENGINE_PAIR_IDS",
     "KINDS",
     "WAIT",
     "Pair",
