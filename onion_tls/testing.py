@@ -358,6 +358,12 @@ class MemoryPipe:
         dst = src.peer
         if src._lost:
             return False
+        if src.outgoing and dst._lost:
+            # Like a socket whose peer is gone: the bytes are dropped, and a
+            # close() still completes.
+            src.outgoing.clear()
+            src._out_size = 0
+            src._maybe_pause()
         if src.outgoing and dst._reading and not dst._lost:
             if self.coalesce:
                 data = b"".join(src.outgoing)
