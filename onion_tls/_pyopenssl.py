@@ -8,9 +8,14 @@ with ``server_hostname`` installs a verify callback on its own connection
 (the caller's context is not touched): the chain is checked by OpenSSL
 against the context's trust store, and the leaf certificate's name (or IP
 address, when ``server_hostname`` is one) by ``service_identity``, during the
-handshake, so a mismatch makes OpenSSL send the peer a ``bad_certificate``
-alert.  That callback replaces, for this connection, a verify callback set on
-the context.  Without ``server_hostname`` the context's own settings apply.
+handshake, so a mismatch fails the handshake before the client's Finished
+and OpenSSL sends the peer an alert (``internal_error`` for a name mismatch:
+pyOpenSSL offers no public way to set the X509 error a verify callback
+reports; the stdlib engine sends ``bad_certificate``).  That callback
+replaces, for this connection, a verify callback set on the context, and
+verifies even if the context says ``VERIFY_NONE`` (there is no
+``check_hostname`` to turn off).  Without ``server_hostname`` the context's
+own settings apply.
 
 Resumption.  pyOpenSSL has no public ``SSL_session_reused``; the connection's
 info callback tells instead: a full handshake moves the server's certificate
@@ -160,9 +165,10 @@ class PyOpenSSLEngine:
                     verify_certificate_hostname(leaf, self.server_hostname)
             except (VerificationError, CertificateError) as exc:
                 what = "IP address" if is_ip else "hostname"
+                detail = "" if isinstance(exc, VerificationError) else f" ({exc})"
                 self._verify_failure = (
                     f"{what} mismatch: certificate is not valid for "
-                    f"{self.server_hostname!r} ({exc})"
+                    f"{self.server_hostname!r}{detail}"
                 )
                 return False
         return True
