@@ -26,14 +26,18 @@ callback set on the context.
 
 ``SSLKEYLOGFILE``.  OpenSSL has key logging only per context, so when the
 variable is set the engine installs its key-log callback on the context
-(replacing one set there); it appends to the file named by the variable at
-the time of each line, and stops writing when the variable is unset.
+(replacing one set there) at the context's first layer: pyOpenSSL forbids
+changing a context after a connection was made from it, so a context already
+used elsewhere first cannot get it (a warning says so).  The callback appends
+to the file named by the variable at the time of each line, and stops
+writing when the variable is unset.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
@@ -114,6 +118,8 @@ class PyOpenSSLEngine:
         self._full_handshake = False
         self._tickets = 0
         self._sni = ClientHelloSNI() if server_side else None
+        if keylog_path() is not None:
+            _install_keylog(context)  # before the Connection: see _install_keylog
         conn = SSL.Connection(context, None)
         self._conn = conn
         # TLS 1.2 renegotiation is refused: a renegotiated session could change
@@ -137,8 +143,6 @@ class PyOpenSSLEngine:
                         f"session of an earlier pyOpenSSL layer), not {type(session).__name__}"
                     )
                 conn.set_session(session)
-        if keylog_path() is not None:
-            context.set_keylog_callback(_write_keylog)
 
     # -- verification -------------------------------------------------------
 
@@ -306,6 +310,29 @@ class PyOpenSSLEngine:
     @property
     def context(self) -> SSL.Context:
         return self._context
+
+
+# The contexts that carry our key-log callback.
+_keylog_contexts: weakref.WeakSet[SSL.Context] = weakref.WeakSet()
+
+
+def _install_keylog(context: SSL.Context) -> None:
+    # pyOpenSSL (>= 25) refuses to change a context once a Connection was
+    # made from it, so the callback goes in at the context's first layer.  A
+    # context used for a connection before that cannot get it any more.
+    if context in _keylog_contexts:
+        return
+    try:
+        context.set_keylog_callback(_write_keylog)
+    except ValueError as exc:
+        logger.warning(
+            "SSLKEYLOGFILE is set but this pyOpenSSL context cannot log keys (%s): "
+            "give onion_tls a context not yet used for a connection, or set its "
+            "keylog callback yourself",
+            exc,
+        )
+        return
+    _keylog_contexts.add(context)
 
 
 def _write_keylog(conn: SSL.Connection, line: bytes) -> None:
