@@ -4,6 +4,7 @@ Wrap any asyncio protocol; push TLS layers under its transport with
 ``transport.start_tls()`` and pop them with ``transport.stop_tls()``.
 """
 
+from ._log import set_payload_debug
 from ._transport import OnionProtocol, OnionTransport, wrap
 from ._view import TLSLayer
 from .errors import (
@@ -25,6 +26,7 @@ __all__ = [
     "TLSProtocolError",
     "TLSTimeoutError",
     "TruncatedError",
+    "set_payload_debug",
     "wrap",
 ]
 
