@@ -28,7 +28,9 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def cli(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-W", "error", "-m", "onion_tls", *args],
         input=stdin,
@@ -79,7 +81,7 @@ def test_parse_step_and_target() -> None:
     assert parse_step("EXIT") == Step("quit")
     assert parse_step("# comment") is None
     assert parse_step("") is None
-    with pytest.raises(StepError, match="unknown command 'hello'.*send hello there"):
+    with pytest.raises(StepError, match=r"unknown command 'hello'.*send hello there"):
         parse_step("hello there")
     with pytest.raises(StepError, match="push needs a server name"):
         parse_step("push")
@@ -117,8 +119,18 @@ def test_demo_layers_and_engine() -> None:
 def test_demo_serves_and_the_client_connects(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     server = subprocess.Popen(
-        [sys.executable, "-W", "error", "-m", "onion_tls", "demo", "--port", "0"]
-        + ["--ca-out", str(ca)],
+        [
+            sys.executable,
+            "-W",
+            "error",
+            "-m",
+            "onion_tls",
+            "demo",
+            "--port",
+            "0",
+            "--ca-out",
+            str(ca),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -154,7 +166,10 @@ def test_demo_serves_and_the_client_connects(tmp_path: Path) -> None:
         assert client.returncode == 0, client.stdout + client.stderr
         assert client.stderr == ""
         out = client.stdout
-        assert "* layer 2: TLS handshake with layer2.onion.test (client, pyopenssl, ALPN offered: h2)" in out
+        assert (
+            "* layer 2: TLS handshake with layer2.onion.test (client, pyopenssl, ALPN offered: h2)"
+            in out
+        )
         assert f"*   verification: ok (chain to --cafile {ca}, name layer2.onion.test)" in out
         assert "< echo at depth 2: one" in out
         assert "* layer 2: unwrapped; 1 layer(s) left" in out
