@@ -612,6 +612,7 @@ _LAYER_KEYS: dict[str, Callable[[Layer], object]] = {
     "ssl_object": lambda layer: layer.engine.ssl_object,
     "peercert": lambda layer: layer.engine.peercert(),
     "cipher": _cipher,
+    "compression": lambda layer: layer.engine.compression(),
     "sslcontext": lambda layer: layer.engine.context,
     "ssl_version": lambda layer: layer.engine.version(),
     "tls_layer": lambda layer: layer.view,
