@@ -171,3 +171,44 @@ async def test_versions_per_layer(onion_ca: OnionCA, stack: str, version: str) -
         assert lc.version == ls.version == v
         await ping(pair)
     await close_both(pair)
+
+
+@pytest.mark.parametrize("stack", ["mixed", "mixed-swapped"])
+async def test_garbage_inside_layer_2(onion_ca: OnionCA, stack: str) -> None:
+    """Bytes that are not TLS arrive inside layer 1, where layer 2 expects
+    records: layer 2 fails (not layer 1), and the connection ends once."""
+    layers = STACKS[stack]
+    pair, client, server = await recorder_pair()
+    for depth in (1, 2):
+        await _push(pair, onion_ca, layers, depth)
+    await ping(pair)
+    # Encrypted by the client's layer 1 on its way out, so only the
+    # server's layer 2 sees garbage.
+    pair.client_onion._chain.layers()[0].write(b"\x17\x03\x03\x00\x05hello")
+    exc = await server.wait_lost()
+    assert isinstance(exc, onion_tls.TLSProtocolError)
+    assert exc.depth == 2
+    assert server.lost == [exc]
+    lost = await client.wait_lost()
+    assert isinstance(lost, onion_tls.OnionError)
+
+
+@pytest.mark.parametrize("stack", ["mixed", "mixed-swapped"])
+async def test_handshake_timeout_at_depth_2(onion_ca: OnionCA, stack: str) -> None:
+    """The server never starts layer 2: the client's handshake times out
+    with an error naming depth 2, and the connection ends."""
+    layers = STACKS[stack]
+    pair, client, server = await recorder_pair()
+    await _push(pair, onion_ca, layers, 1)
+    client_engine, _ = layers[2]
+    fut = pair.client.start_tls(
+        onion_ca.client_context(client_engine),  # type: ignore[arg-type]
+        server_hostname=onion_ca.hostname(2),
+        handshake_timeout=0.05,
+    )
+    with pytest.raises(onion_tls.TLSTimeoutError) as info:
+        await fut
+    assert isinstance(info.value, onion_tls.HandshakeError)
+    assert info.value.depth == 2
+    assert await client.wait_lost() is info.value
+    await server.wait_lost()

@@ -73,6 +73,7 @@ async def test_views_answer_alike(
             assert name == view.cipher
             assert proto == ("TLSv1.3" if version == "TLSv1.3" else "TLSv1.2")
             assert isinstance(bits, int) and bits >= 128
+            assert transport.get_extra_info("compression") is None  # as asyncio says
             if view.engine == "stdlib":
                 assert cipher == view.ssl_object.cipher()
                 assert transport.get_extra_info("peercert") == view.ssl_object.getpeercert()
