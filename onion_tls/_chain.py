@@ -204,6 +204,15 @@ class Chain:
             node = node.inner
         return size
 
+    def peer_closed_every_layer(self) -> bool:
+        """True when there are layers and the peer's close_notify was read
+        on every one of them."""
+        layers = self.layers()
+        return bool(layers) and all(
+            layer.state is LayerState.PEER_CLOSED or layer.state is LayerState.CLOSED
+            for layer in layers
+        )
+
     def needs_input(self) -> bool:
         """True while a handshake or a shutdown waits for the peer: reading
         must go on even if the application paused it."""

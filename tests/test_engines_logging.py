@@ -91,10 +91,10 @@ async def test_failures_and_alerts_are_logged(
     await server.wait_lost()
     lines = _lines(debug_log)
     assert (
-        "failed: TLS layer 1: certificate verify failed: hostname mismatch: "
+        "failed: TLS layer 1 (depth 1): certificate verify failed: hostname mismatch: "
         "certificate is not valid for 'wrong.onion.test'"
     ) in lines
-    assert any(x.startswith("failed: TLS layer 1: the peer refused:") for x in lines)
+    assert any(x.startswith("failed: TLS layer 1 (depth 1): the peer refused:") for x in lines)
     received = [x for x in lines if x.startswith("layer 1: alert received: ")]
     assert received, lines
     if client_engine == "pyopenssl":
