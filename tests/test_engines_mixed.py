@@ -10,10 +10,11 @@ import asyncio
 from typing import Any
 
 import pytest
-from test_engines_kit import MIXED, Recorder, close_both, ping, recorder_pair
 
 import onion_tls
 from onion_tls.testing import OnionCA, OnionPair, dribble
+
+from .test_engines_kit import MIXED, Recorder, close_both, ping, recorder_pair
 
 STACKS = {
     # depth -> (client end's engine, server end's engine)

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from test_engines_kit import Recorder
 
 import onion_tls
 from onion_tls.testing import ENGINES, OnionCA
+
+from .test_engines_kit import Recorder
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="the openssl binary is not installed")
