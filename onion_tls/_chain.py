@@ -92,7 +92,14 @@ class Head:
         self._hooks.write_raw(data)
 
 
-_EOF = object()
+class _Eof:
+    """An EOF waiting in the tail's backlog; ``layer`` is the layer whose
+    close_notify it is, or None for the socket's EOF in plaintext."""
+
+    __slots__ = ("layer",)
+
+    def __init__(self, layer: Layer | None) -> None:
+        self.layer = layer
 
 
 class Tail:
@@ -121,24 +128,24 @@ class Tail:
     def write(self, data: bytes | memoryview) -> None:  # pragma: no cover
         raise AssertionError("nothing is inside the tail")
 
-    def eof(self) -> None:
+    def eof(self, layer: Layer | None) -> None:
         if self.backlog or self.paused or self._chain.in_app_call:
-            self.backlog.append(_EOF)
+            self.backlog.append(_Eof(layer))
             if not self.paused:
                 self._hooks.schedule_flush()
             return
-        self._deliver_eof()
+        self._deliver_eof(layer)
 
-    def _deliver_eof(self) -> None:
+    def _deliver_eof(self, layer: Layer | None) -> None:
         keep_open = self._hooks.deliver_eof()
-        self._chain.after_eof(bool(keep_open))
+        self._chain.after_eof(bool(keep_open), layer)
 
     def flush(self) -> None:
         backlog = self.backlog
         while backlog and not self.paused and not self._chain.in_app_call:
             item = backlog.popleft()
-            if item is _EOF:
-                self._deliver_eof()
+            if isinstance(item, _Eof):
+                self._deliver_eof(item.layer)
             else:
                 self._hooks.deliver_data(item)  # type: ignore[arg-type]
 
@@ -239,7 +246,7 @@ class Chain:
             return
         layers = self.layers()
         if not layers:
-            self.tail.eof()
+            self.tail.eof(None)
             return
         for layer in reversed(layers):
             state = layer.state
@@ -383,16 +390,20 @@ class Chain:
         if self.closing:
             self._advance_close()
         elif inner is self.tail:
-            self.tail.eof()
+            self.tail.eof(layer)
 
-    def after_eof(self, keep_open: bool) -> None:
-        """``eof_received`` returned ``keep_open``: a false value closes the
-        connection unless a stop_tls is pending (or already popped it)."""
+    def after_eof(self, keep_open: bool, layer: Layer | None) -> None:
+        """``eof_received`` returned ``keep_open`` for the close_notify of
+        ``layer`` (None: the socket's EOF in plaintext): a false value closes
+        the connection unless a stop_tls is pending or already popped it."""
         if keep_open or self.dead or self.closing or self.stopping is not None:
             return
-        innermost = self.innermost()
-        if innermost is not None and innermost.state is not LayerState.PEER_CLOSED:
-            return  # the app already popped the closed layer
+        if layer is not None and (
+            layer.state is not LayerState.PEER_CLOSED or layer is not self.innermost()
+        ):
+            # The app answered with stop_tls() (from eof_received or its
+            # backlog): the layer is popped, not the connection.
+            return
         self.close()
 
     def on_closed(self, layer: Layer) -> None:
