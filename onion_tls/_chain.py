@@ -118,6 +118,10 @@ class Tail:
         self.paused = False
 
     def receive(self, data: bytes) -> None:
+        if self._chain.closing:
+            # As with asyncio's transports: after close(), no more data is
+            # received (the close still reads what its shutdown needs).
+            return
         if self.backlog or self.paused or self._chain.in_app_call:
             self.backlog.append(data)
             if not self.paused:
@@ -129,6 +133,8 @@ class Tail:
         raise AssertionError("nothing is inside the tail")
 
     def eof(self, layer: Layer | None) -> None:
+        if self._chain.closing:
+            return
         if self.backlog or self.paused or self._chain.in_app_call:
             self.backlog.append(_Eof(layer))
             if not self.paused:
@@ -142,6 +148,9 @@ class Tail:
 
     def flush(self) -> None:
         backlog = self.backlog
+        if self._chain.closing:
+            backlog.clear()
+            return
         while backlog and not self.paused and not self._chain.in_app_call:
             item = backlog.popleft()
             if isinstance(item, _Eof):
