@@ -155,8 +155,17 @@ class Tail:
             item = backlog.popleft()
             if isinstance(item, _Eof):
                 self._deliver_eof(item.layer)
-            else:
-                self._hooks.deliver_data(item)  # type: ignore[arg-type]
+                continue
+            if backlog and isinstance(backlog[0], bytes):
+                # Everything that waited is handed over in one call, so an
+                # application that upgrades from data_received sees all the
+                # bytes that came before the upgrade and can pass them as
+                # initial_bytes (none is delivered after the splice).
+                parts = [item]
+                while backlog and isinstance(backlog[0], bytes):
+                    parts.append(backlog.popleft())
+                item = b"".join(parts)  # type: ignore[arg-type]
+            self._hooks.deliver_data(item)  # type: ignore[arg-type]
 
     def backlog_size(self) -> int:
         return sum(len(x) for x in self.backlog if isinstance(x, bytes))
@@ -303,6 +312,16 @@ class Chain:
             raise LayerStateError(
                 f"cannot start a layer inside a layer that is {inner.state.value}",
                 depth=inner.depth,
+            )
+        if self.tail.backlog:
+            # Bytes (or an EOF) that arrived before this upgrade still wait
+            # for the application; delivered after the splice they would
+            # look as if they came through the new layer.
+            raise LayerStateError(
+                "data received before this upgrade has not been delivered to the "
+                "application yet (reading is paused or a delivery is pending): take "
+                "it first and pass what belongs to the new layer as initial_bytes",
+                depth=None if inner is None else inner.depth,
             )
         layer = Layer(self, engine, inner.depth + 1 if inner is not None else 1)
         outer = self.tail.outer
