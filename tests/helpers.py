@@ -71,7 +71,7 @@ class Recorder(asyncio.Protocol):
         self.chunks.append(data)
         #: (number of layers at delivery, data): which depth the data came through
         self.at_depth.append((len(self.transport.layers), data))
-        self.events.append(("data", data))
+        self.events.append(("data", data, len(self.transport.layers)))
         if self.on_data is not None:
             self.on_data(data)
         self._notify()
@@ -79,7 +79,7 @@ class Recorder(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         assert not self.lost, "eof_received after connection_lost"
         self.eofs += 1
-        self.events.append(("eof",))
+        self.events.append(("eof", len(self.transport.layers)))
         if self.on_eof is not None:
             self.on_eof()
         self._notify()
@@ -144,11 +144,28 @@ class Recorder(asyncio.Protocol):
         """Everything delivered while ``depth`` layers were stacked."""
         return b"".join(data for d, data in self.at_depth if d == depth)
 
+    def transcript(self) -> list[tuple[Any, ...]]:
+        """What the application saw, independent of chunking: data merged
+        per depth run, EOFs (with the depth they came at) and the loss."""
+        out: list[tuple[Any, ...]] = []
+        for ev in self.events:
+            if ev[0] == "data":
+                if out and out[-1][0] == "data" and out[-1][2] == ev[2]:
+                    out[-1] = ("data", out[-1][1] + ev[1], ev[2])
+                else:
+                    out.append(ev)
+            elif ev[0] == "lost":
+                exc = ev[1]
+                out.append(("lost", None if exc is None else (type(exc), str(exc))))
+            elif ev[0] == "eof":
+                out.append(ev)
+        return out
+
     def summary(self) -> list[Any]:
         out: list[Any] = []
         for ev in self.events:
             if ev[0] == "data":
-                out.append(("data", len(ev[1])))
+                out.append(("data", len(ev[1]), ev[2]))
             else:
                 out.append(ev)
         return out
