@@ -277,6 +277,9 @@ class PyOpenSSLEngine:
             return None
         return (name, self._conn.get_cipher_version() or "", self._conn.get_cipher_bits() or 0)
 
+    def compression(self) -> str | None:
+        return None  # not exposed by pyOpenSSL; OpenSSL turns TLS compression off by default
+
     def alpn_protocol(self) -> str | None:
         proto = self._conn.get_alpn_proto_negotiated()
         return proto.decode("ascii", "replace") if proto else None

@@ -175,6 +175,9 @@ class StdlibEngine:
     def cipher(self) -> tuple[str, str, int] | None:
         return self._obj.cipher()
 
+    def compression(self) -> str | None:
+        return self._obj.compression()
+
     def alpn_protocol(self) -> str | None:
         return self._obj.selected_alpn_protocol()
 

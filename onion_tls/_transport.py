@@ -127,7 +127,7 @@ class OnionProtocol(asyncio.Protocol):
             err = OnionError("the connection was closed while a layer was changing")
         self._fail_futures(err)
         # Data that was decrypted before the end still reaches the app.
-        if not chain.tail.paused:
+        if not chain.tail.paused and not chain.closing:
             for item in tuple(chain.tail.backlog):
                 if isinstance(item, bytes):
                     self.deliver_data(item)
@@ -612,6 +612,7 @@ _LAYER_KEYS: dict[str, Callable[[Layer], object]] = {
     "ssl_object": lambda layer: layer.engine.ssl_object,
     "peercert": lambda layer: layer.engine.peercert(),
     "cipher": _cipher,
+    "compression": lambda layer: layer.engine.compression(),
     "sslcontext": lambda layer: layer.engine.context,
     "ssl_version": lambda layer: layer.engine.version(),
     "tls_layer": lambda layer: layer.view,

@@ -15,9 +15,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from OpenSSL import SSL
-from test_engines_kit import MIXED, close_both, ping, recorder_pair, start_layer
 
 from onion_tls.testing import OnionCA
+
+from .test_engines_kit import MIXED, close_both, ping, recorder_pair, start_layer
 
 TLS13_LABELS = {
     "CLIENT_HANDSHAKE_TRAFFIC_SECRET",

@@ -10,10 +10,11 @@ import subprocess
 import sys
 
 import pytest
-from test_engines_kit import MIXED, close_both, ping, recorder_pair, start_layer
 
 import onion_tls
 from onion_tls.testing import ENGINES, OnionCA
+
+from .test_engines_kit import MIXED, close_both, ping, recorder_pair, start_layer
 
 SECRET = b"PAYLOAD-do-not-log"
 

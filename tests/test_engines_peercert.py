@@ -12,9 +12,17 @@ from typing import Any
 import pytest
 from cryptography import x509
 from OpenSSL import SSL, crypto
-from test_engines_kit import PlainCA, close_both, recorder_pair, rich_san, rich_subject, start_layer
 
 from onion_tls._engine import peercert_dict
+
+from .test_engines_kit import (
+    PlainCA,
+    close_both,
+    recorder_pair,
+    rich_san,
+    rich_subject,
+    start_layer,
+)
 
 UTC = dt.UTC
 

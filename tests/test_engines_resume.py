@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from cryptography import x509
 from OpenSSL import SSL
-from test_engines_kit import close_both, ping, recorder_pair, start_layer
 
 from onion_tls.testing import ENGINES, OnionCA
+
+from .test_engines_kit import close_both, ping, recorder_pair, start_layer
 
 PAIRS = [(c, s) for c in ENGINES for s in ENGINES]
 MODES = ["TLSv1.3", "TLSv1.2-ticket", "TLSv1.2-session-id"]

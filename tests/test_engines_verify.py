@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 import trustme
 from OpenSSL import SSL
-from test_engines_kit import Recorder, close_both, ping, recorder_pair, start_layer
 
 import onion_tls
 from onion_tls.testing import ENGINES, OnionCA, OnionPair
+
+from .test_engines_kit import Recorder, close_both, ping, recorder_pair, start_layer
 
 PAIRS = [(c, s) for c in ENGINES for s in ENGINES]
 

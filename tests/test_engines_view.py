@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from cryptography import x509
 from OpenSSL import SSL
-from test_engines_kit import close_both, ping, recorder_pair, start_layer
 
 from onion_tls.testing import ENGINES, OnionCA
+
+from .test_engines_kit import close_both, ping, recorder_pair, start_layer
 
 PAIRS = [(c, s) for c in ENGINES for s in ENGINES]
 VERSIONS = ["TLSv1.2", "TLSv1.3"]
@@ -73,6 +74,7 @@ async def test_views_answer_alike(
             assert name == view.cipher
             assert proto == ("TLSv1.3" if version == "TLSv1.3" else "TLSv1.2")
             assert isinstance(bits, int) and bits >= 128
+            assert transport.get_extra_info("compression") is None  # as asyncio says
             if view.engine == "stdlib":
                 assert cipher == view.ssl_object.cipher()
                 assert transport.get_extra_info("peercert") == view.ssl_object.getpeercert()
