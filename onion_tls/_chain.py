@@ -167,10 +167,11 @@ class Tail:
                 item = b"".join(parts)  # type: ignore[arg-type]
             self._hooks.deliver_data(item)  # type: ignore[arg-type]
 
-    def drop_eof(self) -> None:
-        """Forget an EOF not yet delivered (its layer was popped meanwhile)."""
-        if _EOF in self.backlog:
-            self.backlog = deque(x for x in self.backlog if x is not _EOF)
+    def drop_eof(self, layer: Layer) -> None:
+        """Forget an EOF of ``layer`` not yet delivered (it was popped)."""
+        self.backlog = deque(
+            x for x in self.backlog if not (isinstance(x, _Eof) and x.layer is layer)
+        )
 
     def backlog_size(self) -> int:
         return sum(len(x) for x in self.backlog if isinstance(x, bytes))
@@ -378,7 +379,7 @@ class Chain:
         layer.held.clear()
         # An EOF still waiting for the application was this layer's: the
         # application has popped the layer, so it is not told any more.
-        self.tail.drop_eof()
+        self.tail.drop_eof(layer)
         self.hooks.layer_popped(layer)
         if trailing and not self.dead:
             inner.receive(trailing)
@@ -398,9 +399,9 @@ class Chain:
         came while layers were linked.  Its EOF is due now."""
         if isinstance(outer, Layer):
             if outer.state is LayerState.PEER_CLOSED:
-                self.tail.eof()
+                self.tail.eof(outer)
         elif self.peer_eof:
-            self.tail.eof()
+            self.tail.eof(None)
 
     # -- outgoing flow --------------------------------------------------------
 
