@@ -325,7 +325,16 @@ class StreamWriter:
         right behind ``STARTTLS``), or drop it (plaintext sent before the
         upgrade, which must not be taken as protected).
         """
-        return _take_buffer(self._reader)
+        data = _take_buffer(self._reader)
+        # Reading was paused with more data waiting in the onion (the reader
+        # was full): that data arrived before the upgrade too.  Hand it over
+        # now, so that the caller's start_tls() finds nothing left behind.
+        onion = self._transport._p
+        tail = onion._chain.tail
+        while tail.backlog and not tail.paused and not onion._chain.in_app_call:
+            tail.flush()
+            data += _take_buffer(self._reader)
+        return data
 
     def start_tls(
         self,
