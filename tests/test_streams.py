@@ -424,7 +424,7 @@ async def test_take_buffered_takes_what_waited_behind_a_full_reader(onion_ca: On
     # Three records in one read: the first fills the reader (limit 16, so
     # it pauses above 32 bytes), the other two wait inside the onion.
     pair = await stream_pair(limit=16, coalesce=True)
-    (cr, cw), (_sr, sw) = pair.client, pair.server
+    (_cr, cw), (_sr, sw) = pair.client, pair.server
     await pair.start_tls(onion_ca)
     for part in (b"a" * 40, b"b" * 40, b"STARTTLS\n"):
         cw.write(part)
