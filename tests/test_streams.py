@@ -437,3 +437,27 @@ async def test_take_buffered_takes_what_waited_behind_a_full_reader(onion_ca: On
     ls = await sw.start_tls(onion_ca.server_context(2), initial_bytes=early[89:])
     assert ls.depth == (await fc).depth == 2
     await pair.aclose()
+
+
+async def test_a_drain_waiting_when_the_connection_fails_raises_the_error(
+    onion_ca: OnionCA,
+) -> None:
+    pair = await stream_pair()
+    (_cr, cw), (_sr, sw) = pair.client, pair.server
+    await pair.start_tls(onion_ca)
+    pair.pipe.auto = False
+    cw.transport.set_write_buffer_limits(high=1024)
+    cw.write(b"q" * 10_000)
+    drain = asyncio.ensure_future(cw.drain())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not drain.done()
+    pair.pipe.b.outgoing.clear()
+    pair.pipe.b.write_eof()  # the server's socket: FIN without close_notify
+    pair.pipe.a.outgoing.clear()
+    pair.pipe.a._out_size = 0
+    pair.pipe.pump()
+    with pytest.raises(TruncatedError):
+        await drain
+    sw.transport.abort()
+    await pair.aclose()
