@@ -189,6 +189,10 @@ class Chain:
         self.closing = False
         self.dead = False
         self._raw_closed = False
+        #: The socket reached EOF.
+        self.peer_eof = False
+        #: ... after the peer's close_notify on every layer: a clean TLS close.
+        self.clean_eof = False
         self._app_calls = 0
         self._advancing = False
         self._advance_again = False
@@ -260,6 +264,7 @@ class Chain:
     def feed_eof(self) -> None:
         """The socket reached EOF.  Clean only if every layer saw the
         peer's close_notify first; otherwise the stream was truncated."""
+        self.peer_eof = True
         if self.dead:
             return
         layers = self.layers()
@@ -295,6 +300,7 @@ class Chain:
                 return
         # Every layer was closed by the peer: the application has had its
         # eof_received() (or is about to, from the backlog).
+        self.clean_eof = self.peer_closed_every_layer()
 
     # -- splice and pop -------------------------------------------------------
 
@@ -377,6 +383,15 @@ class Chain:
             self.tail.outer.write(data)
         if self.closing:
             self._advance_close()
+        elif not self.dead and self.stopping is None:
+            # The pop uncovered a layer whose close_notify came while it was
+            # not the innermost (or the socket's EOF, in plaintext): that EOF
+            # is the application's now, or a reader beneath would wait forever.
+            if isinstance(outer, Layer):
+                if outer.state is LayerState.PEER_CLOSED:
+                    self.tail.eof(outer)
+            elif self.peer_eof:
+                self.tail.eof(None)
 
     # -- outgoing flow --------------------------------------------------------
 
