@@ -118,9 +118,9 @@ class Tail:
         self.paused = False
 
     def receive(self, data: bytes) -> None:
-        if self._chain.closing:
-            # As with asyncio's transports: after close(), no more data is
-            # received (the close still reads what its shutdown needs).
+        if self._chain.closing or self._chain.dead:
+            # As with asyncio's transports: after close() or abort(), no more
+            # data is received (a close still reads what its shutdown needs).
             return
         if self.backlog or self.paused or self._chain.in_app_call:
             self.backlog.append(data)
@@ -133,7 +133,7 @@ class Tail:
         raise AssertionError("nothing is inside the tail")
 
     def eof(self, layer: Layer | None) -> None:
-        if self._chain.closing:
+        if self._chain.closing or self._chain.dead:
             return
         if self.backlog or self.paused or self._chain.in_app_call:
             self.backlog.append(_Eof(layer))

@@ -348,6 +348,7 @@ class OnionProtocol(asyncio.Protocol):
 
     def _abort(self) -> None:
         self._chain.mark_dead()
+        self._chain.tail.backlog.clear()  # nothing more reaches the app
         if self._error is None:
             self._error = None
         self._fail_futures(OnionError("the connection was aborted"))
