@@ -167,6 +167,11 @@ class Tail:
                 item = b"".join(parts)  # type: ignore[arg-type]
             self._hooks.deliver_data(item)  # type: ignore[arg-type]
 
+    def drop_eof(self) -> None:
+        """Forget an EOF not yet delivered (its layer was popped meanwhile)."""
+        if _EOF in self.backlog:
+            self.backlog = deque(x for x in self.backlog if x is not _EOF)
+
     def backlog_size(self) -> int:
         return sum(len(x) for x in self.backlog if isinstance(x, bytes))
 
@@ -188,6 +193,8 @@ class Chain:
         self._held_size = 0
         self.closing = False
         self.dead = False
+        #: The socket reached EOF (the peer sent FIN).
+        self.peer_eof = False
         self._raw_closed = False
         #: The socket reached EOF.
         self.peer_eof = False
@@ -267,6 +274,7 @@ class Chain:
         self.peer_eof = True
         if self.dead:
             return
+        self.peer_eof = True
         layers = self.layers()
         if not layers:
             self.tail.eof(None)
@@ -374,9 +382,14 @@ class Chain:
         self.stopping = None
         trailing = bytes(layer.held)
         layer.held.clear()
+        # An EOF still waiting for the application was this layer's: the
+        # application has popped the layer, so it is not told any more.
+        self.tail.drop_eof()
         self.hooks.layer_popped(layer)
         if trailing and not self.dead:
             inner.receive(trailing)
+        if not self.dead and not self.closing and self.tail.outer is outer:
+            self._uncovered_eof(outer)
         while self._held_writes and self.stopping is None and not self.dead:
             data = self._held_writes.popleft()
             self._held_size -= len(data)
@@ -392,6 +405,17 @@ class Chain:
                     self.tail.eof(outer)
             elif self.peer_eof:
                 self.tail.eof(None)
+
+    def _uncovered_eof(self, outer: Node | Head) -> None:
+        """After a pop, the node now innermost may have ended already: a
+        layer whose close_notify came while a layer was above it (it was not
+        the innermost then, so nobody was told), or the socket's EOF, which
+        came while layers were linked.  Its EOF is due now."""
+        if isinstance(outer, Layer):
+            if outer.state is LayerState.PEER_CLOSED:
+                self.tail.eof()
+        elif self.peer_eof:
+            self.tail.eof()
 
     # -- outgoing flow --------------------------------------------------------
 
