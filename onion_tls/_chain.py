@@ -167,10 +167,12 @@ class Tail:
                 item = b"".join(parts)  # type: ignore[arg-type]
             self._hooks.deliver_data(item)  # type: ignore[arg-type]
 
-    def drop_eof(self) -> None:
-        """Forget an EOF not yet delivered (its layer was popped meanwhile)."""
-        if _EOF in self.backlog:
-            self.backlog = deque(x for x in self.backlog if x is not _EOF)
+    def drop_eof(self, layer: Layer) -> None:
+        """Forget an EOF of ``layer`` not yet delivered (it was popped)."""
+        if any(isinstance(x, _Eof) and x.layer is layer for x in self.backlog):
+            self.backlog = deque(
+                x for x in self.backlog if not (isinstance(x, _Eof) and x.layer is layer)
+            )
 
     def backlog_size(self) -> int:
         return sum(len(x) for x in self.backlog if isinstance(x, bytes))
@@ -193,8 +195,6 @@ class Chain:
         self._held_size = 0
         self.closing = False
         self.dead = False
-        #: The socket reached EOF (the peer sent FIN).
-        self.peer_eof = False
         self._raw_closed = False
         #: The socket reached EOF.
         self.peer_eof = False
@@ -274,7 +274,6 @@ class Chain:
         self.peer_eof = True
         if self.dead:
             return
-        self.peer_eof = True
         layers = self.layers()
         if not layers:
             self.tail.eof(None)
@@ -384,7 +383,7 @@ class Chain:
         layer.held.clear()
         # An EOF still waiting for the application was this layer's: the
         # application has popped the layer, so it is not told any more.
-        self.tail.drop_eof()
+        self.tail.drop_eof(layer)
         self.hooks.layer_popped(layer)
         if trailing and not self.dead:
             inner.receive(trailing)
@@ -396,15 +395,6 @@ class Chain:
             self.tail.outer.write(data)
         if self.closing:
             self._advance_close()
-        elif not self.dead and self.stopping is None:
-            # The pop uncovered a layer whose close_notify came while it was
-            # not the innermost (or the socket's EOF, in plaintext): that EOF
-            # is the application's now, or a reader beneath would wait forever.
-            if isinstance(outer, Layer):
-                if outer.state is LayerState.PEER_CLOSED:
-                    self.tail.eof(outer)
-            elif self.peer_eof:
-                self.tail.eof(None)
 
     def _uncovered_eof(self, outer: Node | Head) -> None:
         """After a pop, the node now innermost may have ended already: a
@@ -413,9 +403,9 @@ class Chain:
         came while layers were linked.  Its EOF is due now."""
         if isinstance(outer, Layer):
             if outer.state is LayerState.PEER_CLOSED:
-                self.tail.eof()
+                self.tail.eof(outer)
         elif self.peer_eof:
-            self.tail.eof()
+            self.tail.eof(None)
 
     # -- outgoing flow --------------------------------------------------------
 
