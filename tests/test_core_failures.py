@@ -125,7 +125,7 @@ async def test_handshake_refused(
 
 @pytest.mark.parametrize("server_side", [False, True], ids=["as-client", "as-server"])
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 8])
 async def test_garbage_during_handshake_at_each_depth(
     onion_ca: OnionCA, depth: int, engine: Engine, server_side: bool
 ) -> None:
