@@ -127,7 +127,7 @@ class OnionProtocol(asyncio.Protocol):
             err = OnionError("the connection was closed while a layer was changing")
         self._fail_futures(err)
         # Data that was decrypted before the end still reaches the app.
-        if not chain.tail.paused:
+        if not chain.tail.paused and not chain.closing:
             for item in tuple(chain.tail.backlog):
                 if isinstance(item, bytes):
                     self.deliver_data(item)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
@@ -70,7 +71,7 @@ class Recorder(asyncio.Protocol):
         self.chunks.append(data)
         #: (number of layers at delivery, data): which depth the data came through
         self.at_depth.append((len(self.transport.layers), data))
-        self.events.append(("data", data))
+        self.events.append(("data", data, len(self.transport.layers)))
         if self.on_data is not None:
             self.on_data(data)
         self._notify()
@@ -78,7 +79,7 @@ class Recorder(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         assert not self.lost, "eof_received after connection_lost"
         self.eofs += 1
-        self.events.append(("eof",))
+        self.events.append(("eof", len(self.transport.layers)))
         if self.on_eof is not None:
             self.on_eof()
         self._notify()
@@ -143,11 +144,28 @@ class Recorder(asyncio.Protocol):
         """Everything delivered while ``depth`` layers were stacked."""
         return b"".join(data for d, data in self.at_depth if d == depth)
 
+    def transcript(self) -> list[tuple[Any, ...]]:
+        """What the application saw, independent of chunking: data merged
+        per depth run, EOFs (with the depth they came at) and the loss."""
+        out: list[tuple[Any, ...]] = []
+        for ev in self.events:
+            if ev[0] == "data":
+                if out and out[-1][0] == "data" and out[-1][2] == ev[2]:
+                    out[-1] = ("data", out[-1][1] + ev[1], ev[2])
+                else:
+                    out.append(ev)
+            elif ev[0] == "lost":
+                exc = ev[1]
+                out.append(("lost", None if exc is None else (type(exc), str(exc))))
+            elif ev[0] == "eof":
+                out.append(ev)
+        return out
+
     def summary(self) -> list[Any]:
         out: list[Any] = []
         for ev in self.events:
             if ev[0] == "data":
-                out.append(("data", len(ev[1])))
+                out.append(("data", len(ev[1]), ev[2]))
             else:
                 out.append(ev)
         return out
@@ -337,6 +355,7 @@ __all__ = [
     "ENGINE_PAIR_IDS",
     "KINDS",
     "WAIT",
+    "ManualTLS",
     "Pair",
     "Recorder",
     "connect",
@@ -347,3 +366,93 @@ __all__ = [
     "settle",
     "start_layer",
 ]
+
+
+class ManualTLS:
+    """A hand-driven TLS endpoint (``ssl.SSLObject``) whose ciphertext
+    travels as application data of an onion transport ``rec.transport`` (at
+    whatever depth that transport is).  It lets a test do what a well-behaved
+    onion peer never does: send bytes right after its close_notify, send
+    garbage after the handshake, vanish mid-shutdown."""
+
+    def __init__(
+        self,
+        rec: Recorder,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        server_hostname: str | None = None,
+    ) -> None:
+        self.rec = rec
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = context.wrap_bio(
+            self.incoming, self.outgoing, server_side=server_side, server_hostname=server_hostname
+        )
+        self.plaintext = bytearray()
+        self.peer_closed = False
+
+    def take(self) -> bytes:
+        """Ciphertext produced so far (not sent)."""
+        return self.outgoing.read()
+
+    def send(self, extra: bytes = b"") -> None:
+        data = self.take() + extra
+        if data:
+            self.rec.transport.write(data)
+
+    def _feed(self) -> None:
+        if self.rec.data:
+            self.incoming.write(bytes(self.rec.data))
+            self.rec.data.clear()
+
+    async def _more(self) -> None:
+        await self.rec.wait_for(lambda: bool(self.rec.data), "bytes for the manual TLS peer")
+        self._feed()
+
+    async def handshake(self) -> None:
+        while True:
+            try:
+                self.obj.do_handshake()
+            except ssl.SSLWantReadError:
+                self.send()
+                await self._more()
+            else:
+                self.send()
+                return
+
+    def encrypt(self, data: bytes) -> bytes:
+        self.obj.write(data)
+        return self.take()
+
+    def close_notify(self) -> bytes:
+        """Our close_notify, as bytes (not sent)."""
+        try:
+            self.obj.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        return self.take()
+
+    def pump_reads(self) -> None:
+        """Decrypt whatever has arrived."""
+        self._feed()
+        while True:
+            try:
+                data = self.obj.read(65536)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLZeroReturnError:
+                self.peer_closed = True
+                return
+            if not data:
+                self.peer_closed = True
+                return
+            self.plaintext += data
+
+    async def read_until_close_notify(self) -> bytes:
+        """Application data up to the peer's close_notify (which must come)."""
+        while True:
+            self.pump_reads()
+            if self.peer_closed:
+                return bytes(self.plaintext)
+            await self._more()

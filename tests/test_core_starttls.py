@@ -17,10 +17,11 @@ from helpers import (
     Pair,
     Recorder,
     connect,
+    settle,
     start_layer,
 )
 
-from onion_tls import HandshakeError, TLSLayer
+from onion_tls import HandshakeError, LayerStateError, TLSLayer
 from onion_tls.testing import Engine, OnionCA
 
 MARK = b"SECRET-MARKER"
@@ -357,4 +358,43 @@ async def test_writes_during_handshake_in_order_inside_new_layer(
         assert pair.s.received_at(2) == sent_c and pair.s.received_at(1) == b""
         assert pair.c.received_at(2) == sent_s and pair.c.received_at(1) == b""
         assert_not_on_wire(pair)
+        await finish(pair)
+
+
+@pytest.mark.parametrize("engine", ["pyopenssl", "stdlib"])
+async def test_upgrade_refused_while_earlier_data_waits_undelivered(
+    onion_ca: OnionCA, engine: Engine
+) -> None:
+    """Data of layer 1 that arrived before an upgrade but waits (reading is
+    paused) is not delivered after the splice as if it came through layer 2:
+    start_tls refuses with LayerStateError until the application took it."""
+    async with connect("memory", coalesce=True) as pair:
+        await start_layer(pair, onion_ca, 1, client_engine=engine, server_engine=engine)
+        cli = pair.c
+
+        def pause_after_first(data: bytes) -> None:
+            pair.client.pause_reading()
+            cli.on_data = None
+
+        cli.on_data = pause_after_first
+        pair.server.write(b"first record;")
+        pair.server.write(b"second record, same read;")
+        await cli.expect(b"first record;")
+        await settle()
+        assert not pair.client.is_reading()
+        assert cli.data == b""
+        with pytest.raises(LayerStateError) as info:
+            pair.client.start_tls(
+                onion_ca.client_context(engine), server_hostname=onion_ca.hostname(2)
+            )
+        assert "not been delivered" in str(info.value)
+        assert len(pair.client.layers) == 1
+        pair.client.resume_reading()
+        await cli.expect(b"second record, same read;")
+        assert cli.received_at(1) == b"first record;second record, same read;"
+        lc, _ = await start_layer(pair, onion_ca, 2, client_engine=engine, server_engine=engine)
+        assert lc.depth == 2
+        pair.server.write(b"inside 2")
+        await cli.expect(b"inside 2")
+        assert cli.received_at(2) == b"inside 2"
         await finish(pair)
