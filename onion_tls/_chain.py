@@ -169,8 +169,8 @@ class Tail:
 
     def drop_eof(self) -> None:
         """Forget an EOF not yet delivered (its layer was popped meanwhile)."""
-        if _EOF in self.backlog:
-            self.backlog = deque(x for x in self.backlog if x is not _EOF)
+        if any(isinstance(x, _Eof) for x in self.backlog):
+            self.backlog = deque(x for x in self.backlog if not isinstance(x, _Eof))
 
     def backlog_size(self) -> int:
         return sum(len(x) for x in self.backlog if isinstance(x, bytes))
