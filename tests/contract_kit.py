@@ -358,9 +358,7 @@ async def loopback(
         port = proxy.port
     apps: list[Any] = []
     try:
-        _, onion = await loop.create_connection(
-            onion_tls.wrap(client_app), "127.0.0.1", port
-        )
+        _, onion = await loop.create_connection(onion_tls.wrap(client_app), "127.0.0.1", port)
         assert isinstance(onion, onion_tls.OnionProtocol)
         client = onion.transport.get_protocol()
         apps.append(client)
@@ -406,6 +404,16 @@ async def handshake(
     return lc, ls
 
 
+async def poll(pred: Callable[[], bool], what: str = "condition") -> None:
+    """For conditions no protocol callback announces (socket buffers)."""
+    try:
+        async with asyncio.timeout(WAIT):
+            while not pred():
+                await asyncio.sleep(0.001)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
 async def settle(rounds: int = 20) -> None:
     for _ in range(rounds):
         await asyncio.sleep(0)
@@ -441,7 +449,9 @@ class RawPeer:
     def begin(self, ctx: ssl.SSLContext, server_side: bool, hostname: str | None = None) -> None:
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
-        self.tls = ctx.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=hostname)
+        self.tls = ctx.wrap_bio(
+            self._in, self._out, server_side=server_side, server_hostname=hostname
+        )
 
     def pending_out(self) -> bytes:
         return self._out.read()
@@ -532,7 +542,9 @@ class RawPeer:
 
 
 @contextlib.asynccontextmanager
-async def raw_peer(app: Callable[[], App] = App, *, onion_is_client: bool) -> AsyncIterator[tuple[App, RawPeer]]:
+async def raw_peer(
+    app: Callable[[], App] = App, *, onion_is_client: bool
+) -> AsyncIterator[tuple[App, RawPeer]]:
     """An onion-wrapped app connected over loopback to a :class:`RawPeer`."""
     loop = asyncio.get_running_loop()
     peers: asyncio.Future[RawPeer] = loop.create_future()
