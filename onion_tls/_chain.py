@@ -398,9 +398,9 @@ class Chain:
         came while layers were linked.  Its EOF is due now."""
         if isinstance(outer, Layer):
             if outer.state is LayerState.PEER_CLOSED:
-                self.tail.eof()
+                self.tail.eof(outer)
         elif self.peer_eof:
-            self.tail.eof()
+            self.tail.eof(None)
 
     # -- outgoing flow --------------------------------------------------------
 
