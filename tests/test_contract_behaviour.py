@@ -417,3 +417,42 @@ async def test_stdlib_tls12_layer_also_unwraps_exactly(pki: PKI) -> None:
         await both(app.t.stop_tls())
         await app.until(lambda: bytes(app.data) == b"xy")
         assert app.received == [(1, b"x"), (0, b"y")]
+
+
+# -- the same in memory (onion_tls.testing), under extreme chunkings ------------------
+
+
+@pytest.mark.parametrize("mode", ["dribble1", "dribble5", "coalesce"])
+@pytest.mark.parametrize(("ckind", "sengine"), [("pyopenssl", "stdlib"), ("stdlib", "pyopenssl")])
+async def test_in_memory_pair_any_chunking_same_result(
+    pki: PKI, ckind: str, sengine: str, mode: str
+) -> None:
+    from onion_tls.testing import dribble, memory_pair
+
+    kw: dict[str, object] = {"coalesce": True} if mode == "coalesce" else {}
+    if mode.startswith("dribble"):
+        kw["chunker"] = dribble(int(mode[-1]))
+    pair = await memory_pair(App, App, **kw)  # type: ignore[arg-type]
+    c, s = pair.client_protocol, pair.server_protocol
+    assert isinstance(c, App) and isinstance(s, App)
+    s.on_eof = lambda: bool(s.t.stop_tls()) if s.t.layers else False
+    for depth in (1, 2):
+        name = f"m{depth}.test"
+        fs = s.t.start_tls(pki.server(sengine, name), server_side=True)
+        fc = c.t.start_tls(pki.client(ckind), server_hostname=name)
+        c.t.write(b"hs%d;" % depth)
+        await both(fc, fs)
+    c.t.write(b"two;")
+    stop = c.t.stop_tls()
+    c.t.write(b"one;")
+    await both(stop)
+    stop = c.t.stop_tls()
+    c.t.write(b"zero;")
+    await both(stop)
+    await s.until(lambda: len(s.data) >= len(b"hs1;hs2;two;one;zero;"))
+    assert bytes(s.data) == b"hs1;hs2;two;one;zero;"
+    assert s.data_at(2) == b"hs2;two;"
+    assert s.eofs == [2, 1]
+    c.t.close()
+    assert await c.wait_lost() is None
+    assert await s.wait_lost() is None
