@@ -48,6 +48,9 @@ class EngineError(Exception):
     """The TLS session failed; ``reason`` says why in words."""
 
     def __init__(self, reason: str, *, alert_received: bool = False) -> None:
+        if "unsupported protocol" in reason and "version" not in reason:
+            # OpenSSL's words for "no TLS version in common" (both engines)
+            reason += " (no protocol version in common with the peer)"
         super().__init__(reason)
         self.reason = reason
         #: True when the peer sent the fatal alert (it refused us).

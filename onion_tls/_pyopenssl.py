@@ -268,6 +268,8 @@ class PyOpenSSLEngine:
         return self._sni.name if self._sni is not None else None
 
     def version(self) -> str | None:
+        if not self._handshake_done:
+            return None  # OpenSSL names the version it offers while handshaking
         name = self._conn.get_protocol_version_name()
         return None if name in ("", "Unknown") else name
 

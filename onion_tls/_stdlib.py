@@ -98,6 +98,11 @@ class StdlibEngine:
             raise ValueError(
                 f"{exc} A stdlib layer resumes only a session made with the same SSLContext."
             ) from None
+        if not server_side and not server_hostname and context.check_hostname:
+            # ssl.SSLObject would handshake without checking any name
+            # (SSLSocket and asyncio refuse this): never verify less than
+            # the context asks for.
+            raise ValueError("check_hostname requires server_hostname")
 
     def _error(self, exc: ssl.SSLError) -> EngineError:
         text, alert = _ssl_error_text(exc)
