@@ -9,7 +9,9 @@ alternate per depth, and both engines are used on our side.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,56 @@ from .helpers import Recorder
 pytest.importorskip("trio", reason="trio is a test dependency (pip install trio)")
 
 PEER = Path(__file__).parent / "peers" / "trio_peer.py"
+
+
+@contextlib.asynccontextmanager
+async def peer_process(
+    script: Path, we_listen: bool, *args: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, Recorder]]:
+    """Run a peer program and connect an onion_tls :class:`Recorder` to it:
+    we listen and it connects (``--connect PORT``), or it listens
+    (``--listen``, printing its port) and we connect."""
+    loop = asyncio.get_running_loop()
+    accepted: list[Recorder] = []
+    listener = None
+    if we_listen:
+
+        def make() -> Recorder:
+            accepted.append(Recorder())
+            return accepted[-1]
+
+        listener = await loop.create_server(onion_tls.wrap(make), "127.0.0.1", 0)
+        where = ["--connect", str(listener.sockets[0].getsockname()[1])]
+    else:
+        where = ["--listen"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        *where,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            if we_listen:
+                while not accepted:
+                    await asyncio.sleep(0.01)
+                rec = accepted[0]
+            else:
+                port = int(await proc.stdout.readline())
+                _, onion = await loop.create_connection(onion_tls.wrap(Recorder), "127.0.0.1", port)
+                rec = onion.transport.get_protocol()  # type: ignore[assignment]
+        await rec.wait_for(lambda: rec.made, "connection_made")
+        yield proc, rec
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        if listener is not None:
+            listener.close()
+            await listener.wait_closed()
 
 
 def write_certs(ca: OnionCA, depth: int, where: Path) -> None:
@@ -53,44 +105,10 @@ async def test_nested_and_unwrapped_against_trio(
     ours = ["c", "s", "c"]
     theirs = ",".join("s" if r == "c" else "c" for r in ours)
     write_certs(onion_ca, depth, tmp_path)
-    loop = asyncio.get_running_loop()
-    accepted: list[Recorder] = []
-    listener = None
-    if we_listen:
-
-        def make() -> Recorder:
-            accepted.append(Recorder())
-            return accepted[-1]
-
-        listener = await loop.create_server(onion_tls.wrap(make), "127.0.0.1", 0)
-        port = listener.sockets[0].getsockname()[1]
-        args = ["--connect", str(port)]
-    else:
-        args = ["--listen"]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(PEER),
-        *args,
-        "--roles",
-        theirs,
-        "--dir",
-        str(tmp_path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        if we_listen:
-            async with asyncio.timeout(20):
-                while not accepted:
-                    await asyncio.sleep(0.01)
-            rec = accepted[0]
-        else:
-            async with asyncio.timeout(20):
-                port = int(await proc.stdout.readline())
-            _, onion = await loop.create_connection(onion_tls.wrap(Recorder), "127.0.0.1", port)
-            rec = onion.transport.get_protocol()  # type: ignore[assignment]
-        await rec.wait_for(lambda: rec.made, "connection_made")
+    async with peer_process(PEER, we_listen, "--roles", theirs, "--dir", str(tmp_path)) as (
+        proc,
+        rec,
+    ):
         t = rec.transport
 
         for d in range(1, depth + 1):
@@ -130,10 +148,3 @@ async def test_nested_and_unwrapped_against_trio(
             out, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
         assert b"trio peer: done" in out
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        if listener is not None:
-            listener.close()
-            await listener.wait_closed()

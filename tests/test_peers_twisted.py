@@ -9,16 +9,13 @@ queued inside the first layer until it is up), then exchanges lines.
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import pytest
 
-import onion_tls
 from onion_tls.testing import Engine, OnionCA
 
-from .helpers import Recorder
-from .test_peers_trio import read_line, write_certs
+from .test_peers_trio import peer_process, read_line, write_certs
 
 pytest.importorskip("twisted", reason="twisted is a test dependency (pip install twisted)")
 
@@ -33,43 +30,10 @@ async def test_two_nested_layers_against_twisted(
     ours = ["c", "s"]
     theirs = ",".join("s" if r == "c" else "c" for r in ours)
     write_certs(onion_ca, len(ours), tmp_path)
-    loop = asyncio.get_running_loop()
-    accepted: list[Recorder] = []
-    listener = None
-    if we_listen:
-
-        def make() -> Recorder:
-            accepted.append(Recorder())
-            return accepted[-1]
-
-        listener = await loop.create_server(onion_tls.wrap(make), "127.0.0.1", 0)
-        args = ["--connect", str(listener.sockets[0].getsockname()[1])]
-    else:
-        args = ["--listen"]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(PEER),
-        *args,
-        "--roles",
-        theirs,
-        "--dir",
-        str(tmp_path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        if we_listen:
-            async with asyncio.timeout(20):
-                while not accepted:
-                    await asyncio.sleep(0.01)
-            rec = accepted[0]
-        else:
-            async with asyncio.timeout(20):
-                port = int(await proc.stdout.readline())
-            _, onion = await loop.create_connection(onion_tls.wrap(Recorder), "127.0.0.1", port)
-            rec = onion.transport.get_protocol()  # type: ignore[assignment]
-        await rec.wait_for(lambda: rec.made, "connection_made")
+    async with peer_process(PEER, we_listen, "--roles", theirs, "--dir", str(tmp_path)) as (
+        proc,
+        rec,
+    ):
         t = rec.transport
         rec.eof_result = False  # the peer's close_notify ends the connection
         futures = []
@@ -95,10 +59,3 @@ async def test_two_nested_layers_against_twisted(
         async with asyncio.timeout(20):
             out, err = await proc.communicate()
         assert b"twisted peer: done" in out, err.decode()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        if listener is not None:
-            listener.close()
-            await listener.wait_closed()
