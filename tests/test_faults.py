@@ -72,6 +72,8 @@ HANDSHAKE_TIMEOUT = 20.0  # virtual seconds
 STOP_TIMEOUT = 20.0
 DATA_WAIT = 30.0  # how long a script waits for data before it moves on
 END_WAIT = 200.0  # how long it waits for connection_lost
+MAX_ITERATIONS = 3_000_000  # loop iterations before a case counts as livelocked
+MAX_VIRTUAL_TIME = 5_000.0
 
 
 # -- a deterministic clock ------------------------------------------------------
@@ -89,21 +91,32 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         super().__init__()
         self._now = 0.0
         self.hang: str | None = None
+        self.iterations = 0
         self.watched: asyncio.Task[Any] | None = None
 
     def time(self) -> float:
         return self._now
 
     def _run_once(self) -> None:
+        self.iterations += 1
         ready: Any = self._ready  # type: ignore[attr-defined]
         if not ready and not self._stopping:  # type: ignore[attr-defined]
             whens = [h.when() for h in self._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
             if whens:
                 self._now = max(self._now, min(whens))
-            elif self.watched is not None and not self.watched.done() and self.hang is None:
-                self.hang = _stack_text(self.watched)
-                self.watched.cancel()
+            else:
+                self._hung("nothing left to run")
+        if self.iterations > MAX_ITERATIONS or self._now > MAX_VIRTUAL_TIME:
+            # Busy without end (timers or callbacks that keep rescheduling
+            # themselves): a livelock is a hang too.
+            self._hung(f"livelock: {self.iterations} iterations, {self._now:.0f} virtual s")
         super()._run_once()  # type: ignore[misc]
+
+    def _hung(self, why: str) -> None:
+        task = self.watched
+        if task is not None and not task.done() and self.hang is None:
+            self.hang = f"{why}; the script waited at\n{_stack_text(task)}"
+            task.cancel()
 
 
 def _stack_text(task: asyncio.Task[Any]) -> str:
@@ -681,7 +694,7 @@ class Case:
         deadline = loop.time() + timeout
         while not cond():
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining < 1e-6:  # not <= 0: float sums never quite get there
                 return False
             for app in self.apps.values():
                 app.changed.clear()
@@ -853,7 +866,7 @@ class Case:
     def check(self, errors: list[dict[str, Any]], hang: str | None) -> list[str]:
         out = list(self.violations)
         if hang is not None:
-            out.append(f"hang: nothing left to run; the script waited at\n{hang}")
+            out.append(f"hang: {hang}")
         for ctx in errors:
             exc = ctx.get("exception")
             tb = "".join(traceback.format_exception(exc)) if exc else ""
