@@ -358,6 +358,16 @@ class MemoryPipe:
         dst = src.peer
         if src._lost:
             return False
+        if src.outgoing and dst._lost:
+            # The peer's socket is gone.  A closing socket is done once its
+            # buffer is handed over; a live one gets the peer's RST.
+            src.outgoing.clear()
+            src._out_size = 0
+            if src._closing:
+                self._connection_lost(src, None)
+            else:
+                self._reset(src)
+            return True
         if src.outgoing and dst._reading and not dst._lost:
             if self.coalesce:
                 data = b"".join(src.outgoing)
