@@ -143,7 +143,7 @@ _VERIFY_ERRORS = {
     21: "unable to verify the first certificate",
     23: "certificate revoked",
     24: "invalid CA certificate",
-    26: "unsupported certificate purpose",
+    26: "unsuitable certificate purpose",  # OpenSSL's words, as the stdlib engine reports
     27: "certificate not trusted",
     28: "certificate rejected",
     62: "hostname mismatch",
