@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 from typing import Any
 
 import pytest
@@ -33,7 +34,7 @@ from onion_tls._records import HEADER_SIZE, MAX_RECORD_BODY, RecordFramer, check
 from onion_tls.testing import ENGINES, OnionCA
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=int(os.environ.get("ONION_FUZZ_EXAMPLES", "150")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
