@@ -205,6 +205,9 @@ class Plan:
     pop_mode: str  # "both": both call stop_tls; "eof": one answers in eof_received
     ending: str
     max_message: int
+    in_flight: bool  # the other side's data is in flight when a stop begins
+    flow: bool  # small write buffers; applications pause and resume reading
+    repush: bool  # after the pops, push the layers again
 
     def describe(self) -> str:
         layers = ", ".join(
@@ -217,8 +220,10 @@ class Plan:
             lag = f", {self.delayed}->{_other(self.delayed)} lags {self.delay * 1000:.1f} ms"
         return (
             f"seed {self.seed}: {layers}; chunks {self.chunking}{lag}; "
-            f"fault: {self.fault or 'none'}; pops {self.pops} ({self.pop_mode}); "
-            f"ending {self.ending}"
+            f"fault: {self.fault or 'none'}; pops {self.pops} ({self.pop_mode})"
+            f"{', data in flight' if self.in_flight else ''}"
+            f"{', then push again' if self.repush else ''}; "
+            f"{'flow control; ' if self.flow else ''}ending {self.ending}"
         )
 
 
@@ -261,6 +266,9 @@ def make_plan(seed: int) -> Plan:
             fault = Fault(kind, src, offset, depth, value)
         else:
             fault = Fault(kind, src, rng.randint(0, 6000 * n if rng.random() < 0.7 else 80_000))
+    pops = rng.randint(0, n)
+    pop_mode = rng.choice(("both", "both", "eof"))
+    ending = rng.choice(("a_close", "b_close", "both_close", "a_abort", "b_close_plain"))
     return Plan(
         seed=seed,
         layers=layers,
@@ -268,10 +276,13 @@ def make_plan(seed: int) -> Plan:
         delayed=delayed,
         delay=delay,
         fault=fault,
-        pops=rng.randint(0, n),
-        pop_mode=rng.choice(("both", "both", "eof")),
-        ending=rng.choice(("a_close", "b_close", "both_close", "a_abort", "b_close_plain")),
+        pops=pops,
+        pop_mode=pop_mode,
+        ending=ending,
         max_message=max_message,
+        in_flight=rng.random() < 0.5,
+        flow=rng.random() < 0.3,
+        repush=pops > 0 and rng.random() < 0.3,
     )
 
 
@@ -518,6 +529,7 @@ class App(asyncio.Protocol):
         #: The script is about to call stop_tls() itself: keep the
         #: connection open when the peer's close_notify comes first.
         self.expect_stop = False
+        self.writing_events: list[str] = []
         self.changed = asyncio.Event()
         self.transport: onion_tls.OnionTransport
 
@@ -528,6 +540,19 @@ class App(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.received += data
         self.changed.set()
+        case = self.case
+        if case.plan.flow and case.rng.random() < 0.2:
+            # Pause reading for a while: deliveries wait, handshakes and
+            # shutdowns must not.
+            self.transport.pause_reading()
+            loop = asyncio.get_running_loop()
+            loop.call_later(case.rng.uniform(0, 0.05), self.transport.resume_reading)
+
+    def pause_writing(self) -> None:
+        self.writing_events.append("pause")
+
+    def resume_writing(self) -> None:
+        self.writing_events.append("resume")
 
     def eof_received(self) -> bool:
         self.eofs += 1
@@ -583,6 +608,7 @@ class Case:
         self.violations: list[str] = []
         self.closed_by_app = {"a": False, "b": False}
         self.notes: list[str] = []
+        self.plain_eofs: list[tuple[str, str]] = []
 
     # -- actions --------------------------------------------------------------
 
@@ -615,7 +641,7 @@ class Case:
         return self.rng.randint(16, top)
 
     def mark(self, side: str) -> None:
-        self.marks[side].setdefault(self.depth[side], len(self.sent[side]))
+        self.marks[side][self.depth[side]] = len(self.sent[side])
 
     def push(self, side: str, depth: int) -> asyncio.Future[Any]:
         lp = self.plan.layers[depth - 1]
@@ -744,52 +770,69 @@ class Case:
 
     async def _script(self) -> None:
         plan = self.plan
+        if plan.flow:
+            for side in "ab":
+                self.transport(side).set_write_buffer_limits(high=self.rng.randint(1000, 20_000))
         await self.exchange()
-        for depth in range(1, len(plan.layers) + 1):
-            if self.any_lost:
+        if not await self._push_all(1):
+            return
+        for _ in range(plan.pops):
+            if self.any_lost or not await self._pop():
                 return
+        if plan.repush and not self.any_lost:
+            await self._push_all(self.depth["a"] + 1)
+
+    async def _push_all(self, first_depth: int) -> bool:
+        for depth in range(first_depth, len(self.plan.layers) + 1):
+            if self.any_lost:
+                return False
             order = list("ab")
             self.rng.shuffle(order)
             futs = [self.push(side, depth) for side in order]
             if self.rng.random() < 0.3:
                 self.send(self.rng.choice("ab"))  # queued until the handshake is done
             if not await self.settle(futs):
-                return
+                return False
             await self.exchange()
-        for _ in range(plan.pops):
-            if self.any_lost:
-                return
-            first = self.rng.choice("ab")
-            second = _other(first)
-            if plan.pop_mode == "eof":
-                self.apps[second].answer_eof = True
-                self.stop(first)
-                if self.rng.random() < 0.5:
-                    self.send(first)  # held, then sent through the layer beneath
-                answered = await self.wait_until(
-                    lambda s=second: (
-                        (bool(self.stops[s]) and not self.apps[s].answer_eof) or self.any_lost
-                    ),
-                    DATA_WAIT,
-                )
-                self.apps[second].answer_eof = False
-                if not answered:
-                    return
-            else:
-                self.apps[second].expect_stop = True
-                self.stop(first)
-                if self.rng.random() < 0.5:
-                    self.send(first)
-                if self.rng.random() < 0.5:
-                    await asyncio.sleep(self.rng.uniform(0, 0.01))
-                self.apps[second].expect_stop = False
-                if self.transport(second).is_closing():
-                    return
-                self.stop(second)
-            pending = [f for s in "ab" for f in self.stops[s][-1:]]
-            if not await self.settle(pending):
-                return
-            await self.exchange()
+        return True
+
+    async def _pop(self) -> bool:
+        """Pop the innermost layer on both sides; False if that failed."""
+        plan = self.plan
+        first = self.rng.choice("ab")
+        second = _other(first)
+        if plan.in_flight:
+            self.send(second)  # crosses first's close_notify on the wire
+        if plan.pop_mode == "eof":
+            self.apps[second].answer_eof = True
+            self.stop(first)
+            if self.rng.random() < 0.5:
+                self.send(first)  # held, then sent through the layer beneath
+            answered = await self.wait_until(
+                lambda s=second: (
+                    (bool(self.stops[s]) and not self.apps[s].answer_eof) or self.any_lost
+                ),
+                DATA_WAIT,
+            )
+            self.apps[second].answer_eof = False
+            if not answered:
+                return False
+        else:
+            self.apps[second].expect_stop = True
+            self.stop(first)
+            if self.rng.random() < 0.5:
+                self.send(first)
+            if self.rng.random() < 0.5:
+                await asyncio.sleep(self.rng.uniform(0, 0.01))
+            self.apps[second].expect_stop = False
+            if self.transport(second).is_closing():
+                return False
+            self.stop(second)
+        pending = [f for s in "ab" for f in self.stops[s][-1:]]
+        if not await self.settle(pending):
+            return False
+        await self.exchange()
+        return True
 
     async def _ending(self) -> None:
         ending = self.plan.ending
@@ -852,11 +895,16 @@ class Case:
                 return  # plaintext has no close_notify: a cut is undetectable
         mark = self.marks[peer].get(depth)
         if mark is None:
-            self.violations.append(
-                f"{side}: {what} at depth {depth}, but {peer} never closed that depth"
-            )
+            problem = f"{side}: {what} at depth {depth}, but {peer} never closed that depth"
+            if depth == 0:
+                # A plaintext FIN: legitimate if the peer's stack closed the
+                # socket after an error of its own (known only at the end).
+                self.plain_eofs.append((peer, problem))
+            else:
+                self.violations.append(problem)
             return
-        have = len(self.apps[side].received)
+        # Delivered, or waiting for the application to resume reading.
+        have = len(self.apps[side].received) + t._p._chain.tail.backlog_size()
         if have < mark:
             self.violations.append(
                 f"{side}: {what} at depth {depth} with {have} of the {mark} bytes "
@@ -865,6 +913,9 @@ class Case:
 
     def check(self, errors: list[dict[str, Any]], hang: str | None) -> list[str]:
         out = list(self.violations)
+        for peer, problem in self.plain_eofs:
+            if not any(e is not None for e in self.apps[peer].lost):
+                out.append(problem)
         if hang is not None:
             out.append(f"hang: {hang}")
         for ctx in errors:
@@ -891,6 +942,11 @@ class Case:
                 )
             for exc in app.lost:
                 out.extend(self._check_error(side, exc))
+            events = app.writing_events
+            if any(e == events[i - 1] for i, e in enumerate(events) if i) or events[:1] == [
+                "resume"
+            ]:
+                out.append(f"{side}: pause_writing/resume_writing out of turn: {events}")
         # Nothing in clear, nothing in a weaker layer.
         for msg in self.messages:
             if msg.depth == 0:
