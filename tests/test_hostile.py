@@ -403,29 +403,33 @@ async def test_application_data_after_close_notify_then_unwrap(
 
 WRONG_TYPES = {
     # application data instead of a ClientHello
-    "appdata-before-hello": (b"\x17\x03\x03\x00\x10" + b"\x00" * 16, False),
+    "appdata-before-hello": (b"\x17\x03\x03\x00\x10" + b"\x00" * 16, False, "unexpected message"),
     # a ChangeCipherSpec after a TLS 1.3 handshake (only allowed during it)
-    "ccs-after-handshake": (b"\x14\x03\x03\x00\x01\x01", True),
+    "ccs-after-handshake": (b"\x14\x03\x03\x00\x01\x01", True, "bad record type"),
     # a handshake message in clear once the session is encrypted
-    "clear-handshake-after-handshake": (b"\x16\x03\x03\x00\x04\x14\x00\x00\x00", True),
+    "clear-handshake-after-handshake": (
+        b"\x16\x03\x03\x00\x04\x14\x00\x00\x00",
+        True,
+        "bad record type",
+    ),
     # a heartbeat record (no one negotiated heartbeats)
-    "heartbeat": (b"\x18\x03\x03\x00\x03\x01\x00\x00", True),
+    "heartbeat": (b"\x18\x03\x03\x00\x03\x01\x00\x00", True, "bad record type"),
     # an alert in clear once the session is encrypted
-    "clear-alert-after-handshake": (b"\x15\x03\x03\x00\x02\x02\x28", True),
+    "clear-alert-after-handshake": (b"\x15\x03\x03\x00\x02\x02\x28", True, "bad record type"),
 }
 
 
 @params
 @pytest.mark.parametrize("case", sorted(WRONG_TYPES))
 async def test_wrong_content_type(onion_ca: OnionCA, engine: str, depth: int, case: str) -> None:
-    record, after_handshake = WRONG_TYPES[case]
+    record, after_handshake, words = WRONG_TYPES[case]
     s = await setup(onion_ca, depth, engine)
     fut = s.victim_server("TLSv1.3")
     if not after_handshake:
         s.pair.client.write(record)
         with pytest.raises(HandshakeError):
             await fut
-        await s.expect_failure(HandshakeError)
+        await s.expect_failure(HandshakeError, words)
         return
     raw = s.raw_client("TLSv1.3")
     raw.start()
@@ -433,8 +437,7 @@ async def test_wrong_content_type(onion_ca: OnionCA, engine: str, depth: int, ca
     raw.send(b"hello")
     await until(lambda: s.victim.data == b"hello", "data")
     raw.write_raw(record)
-    exc = await s.expect_failure(TLSProtocolError)
-    assert exc.reason, exc
+    await s.expect_failure(TLSProtocolError, words)
 
 
 # -- TLS 1.2 renegotiation ---------------------------------------------------------------
