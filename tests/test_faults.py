@@ -49,6 +49,7 @@ Replay one case: ``pytest 'tests/test_faults.py::test_fault_case[seed123]'`` or
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import functools
 import os
@@ -74,6 +75,7 @@ DATA_WAIT = 30.0  # how long a script waits for data before it moves on
 END_WAIT = 200.0  # how long it waits for connection_lost
 MAX_ITERATIONS = 3_000_000  # loop iterations before a case counts as livelocked
 MAX_VIRTUAL_TIME = 5_000.0
+WIRE_CAPACITY = 256 * 1024  # bytes in flight per direction
 
 
 # -- a deterministic clock ------------------------------------------------------
@@ -316,135 +318,184 @@ def _context(kind: str, depth: int, engine: str, version: str | None) -> Any:
 # -- the faulty pipe ----------------------------------------------------------------
 
 
+class Wire:
+    """One direction of the network: what the sender's kernel took and the
+    receiver has not read yet, then maybe a FIN."""
+
+    def __init__(self) -> None:
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.size = 0
+        self.fin = False
+        self.fin_delivered = False
+        self.ready_at: float | None = None
+        #: Stalled or cut: what is sent from now on is lost.
+        self.blackhole = False
+        #: An RST follows what is in flight (the sender's socket is gone).
+        self.rst = False
+
+    def clear(self) -> None:
+        self.chunks.clear()
+        self.size = 0
+        self.ready_at = None
+
+
 class FaultPipe(MemoryPipe):
-    """A :class:`MemoryPipe` that moves bytes by itself, on the loop, one
-    randomly sized piece per callback (cutting writes apart and joining
-    them), lets one direction lag, and applies a wire fault."""
+    """A :class:`MemoryPipe` with a network in the middle, moving bytes by
+    itself on the loop, one random step per callback.
+
+    A sender's transport hands its bytes to the network (up to
+    ``WIRE_CAPACITY`` in flight, like a kernel's buffers) whether or not the
+    receiver is reading, and a closing transport is gone once its bytes and
+    FIN are handed over, as with asyncio over TCP.  The network delivers in
+    randomly sized pieces (cutting writes apart and joining them), lets one
+    direction lag, and applies the plan's wire fault.
+    """
 
     def __init__(self, plan: Plan, rng: random.Random) -> None:
         super().__init__(auto=False)
         self.plan = plan
         self.rng = rng
+        self.wires = {"a": Wire(), "b": Wire()}  # by sender
         self.delivered = {"a": 0, "b": 0}
-        self.blackhole = {"a": False, "b": False}  # by sender
-        self.fin_sent = {"a": False, "b": False}
-        self._head_off = {"a": 0, "b": 0}
-        self._ready_at: dict[str, float | None] = {"a": None, "b": None}
         self._tick: asyncio.Handle | None = None
         self.fired: str | None = None
-        self.fired_at = 0.0
         self.ticks = 0
 
     # scheduling
     def _kick(self) -> None:
-        now = self._loop.time()
-        for t in (self.a, self.b):
-            if t.outgoing and self._ready_at[t.name] is None:
-                lag = self.plan.delay if t.name == self.plan.delayed else 0.0
-                self._ready_at[t.name] = now + lag
         if self._tick is None:
             self._tick = self._loop.call_soon(self._run_tick)
 
     def _run_tick(self) -> None:
         self._tick = None
         self.ticks += 1
-        now = self._loop.time()
-        movable = []
-        wake: float | None = None
-        for src in (self.a, self.b):
-            state = self._state(src, now)
-            if state == "move":
-                movable.append(src)
-            elif isinstance(state, float):
-                wake = state if wake is None else min(wake, state)
-        if movable:
-            self._move(self.rng.choice(movable))
-            again = any(self._state(t, self._loop.time()) is not None for t in (self.a, self.b))
-            if again and self._tick is None:
+        actions, wake = self._actions(self._loop.time())
+        if actions:
+            kind, src = self.rng.choice(actions)
+            getattr(self, f"_do_{kind}")(src)
+            if self._tick is None and self._actions(self._loop.time())[0]:
                 if self.rng.random() < 0.1:
                     self._tick = self._loop.call_later(0.0002, self._run_tick)
                 else:
                     self._tick = self._loop.call_soon(self._run_tick)
-        elif wake is not None and self._tick is None:
-            self._tick = self._loop.call_at(wake, self._run_tick)
+            elif self._tick is None:
+                self._kick_at(self._actions(self._loop.time())[1])
+        else:
+            self._kick_at(wake)
 
-    def _state(self, src: MemoryTransport, now: float) -> str | float | None:
-        """What can happen next in the direction ``src`` -> peer."""
-        if src._lost:
-            return None
-        dst = src.peer
-        if src.outgoing:
-            if self.blackhole[src.name] or dst._lost:
-                return "move"
-            if not dst._reading:
-                return None  # resume_reading() kicks
-            ready_at = self._ready_at[src.name] or 0.0
-            return "move" if now >= ready_at else ready_at
-        if (src._closing or src._eof_written) and not self.fin_sent[src.name]:
-            return "move"
-        return None
+    def _kick_at(self, when: float | None) -> None:
+        if when is not None and self._tick is None:
+            self._tick = self._loop.call_at(when, self._run_tick)
 
-    def _move(self, src: MemoryTransport) -> None:
-        name = src.name
-        dst = src.peer
-        if src.outgoing and (self.blackhole[name] or dst._lost):
-            # Lost in the network, or written towards a socket that is gone.
-            self._discard(src)
-            if dst._lost and not self.blackhole[name] and not src._closing:
-                self._reset(src)  # TCP answers a write to a closed socket with RST
+    def _actions(self, now: float) -> tuple[list[tuple[str, MemoryTransport]], float | None]:
+        """What can happen now, and when something may become possible."""
+        actions: list[tuple[str, MemoryTransport]] = []
+        wake: float | None = None
+        for src in (self.a, self.b):
+            dst, wire = src.peer, self.wires[src.name]
+            if not src._lost:
+                if src.outgoing and wire.size < WIRE_CAPACITY:
+                    actions.append(("send", src))
+                elif not src.outgoing and (src._closing or src._eof_written) and not wire.fin:
+                    actions.append(("fin", src))
+            if wire.rst and not dst._lost and not wire.chunks and wire.fin <= wire.fin_delivered:
+                actions.append(("rst", src))  # after the FIN, if one is on its way
+            if wire.chunks or (wire.fin and not wire.fin_delivered):
+                if dst._lost:
+                    actions.append(("drop", src))
+                elif dst._reading:  # else resume_reading() kicks
+                    if wire.ready_at is None or now >= wire.ready_at:
+                        actions.append(("deliver", src))
+                    else:
+                        wake = wire.ready_at if wake is None else min(wake, wire.ready_at)
+        return actions, wake
+
+    # steps
+    def _do_send(self, src: MemoryTransport) -> None:
+        """The sender's kernel takes what its transport buffered."""
+        wire = self.wires[src.name]
+        data = b"".join(src.outgoing)
+        src.outgoing.clear()
+        src._out_size = 0
+        src._maybe_pause()
+        if wire.blackhole or not data:
             return
-        if src.outgoing:
-            data = self._take(src, self._piece_size(src))
-            fault = self.plan.fault
-            action = None
-            if (
-                fault is not None
-                and fault.depth == 0
-                and fault.src == name
-                and self.fired is None
-                and self.delivered[name] + len(data) >= fault.offset
-            ):
-                cut = fault.offset - self.delivered[name]
-                rest, data = data[cut:], data[:cut]
-                action = fault.kind
-                self._give_back(src, rest)
-            self.delivered[name] += len(data)
-            self.sent[name] += data
-            if data:
-                dst.protocol.data_received(data)  # type: ignore[union-attr]
-            if action is not None:
-                self._fire(action, src)
-            return
-        # FIN after the last byte.
-        self.fin_sent[name] = True
-        if not dst._lost and not self.blackhole[name]:
-            keep = dst.protocol.eof_received()  # type: ignore[union-attr]
-            if not keep:
-                dst.close()
+        if wire.ready_at is None:
+            lag = self.plan.delay if src.name == self.plan.delayed else 0.0
+            wire.ready_at = self._loop.time() + lag
+        wire.chunks.append(data)
+        wire.size += len(data)
+
+    def _do_fin(self, src: MemoryTransport) -> None:
+        wire = self.wires[src.name]
+        wire.fin = True
+        if wire.blackhole:
+            wire.fin_delivered = True
         if src._closing:
             self._connection_lost(src, None)
 
+    def _do_drop(self, src: MemoryTransport) -> None:
+        """Bytes for a socket that is gone: TCP answers with an RST, which
+        arrives after whatever that socket had sent (its FIN included)."""
+        wire = self.wires[src.name]
+        had_data = bool(wire.chunks)
+        wire.clear()
+        wire.fin_delivered = True
+        if had_data and not src._lost:
+            self.wires[src.peer.name].rst = True
+
+    def _do_rst(self, src: MemoryTransport) -> None:
+        self.wires[src.name].rst = False
+        self._reset(src.peer)
+
+    def _do_deliver(self, src: MemoryTransport) -> None:
+        wire, dst, name = self.wires[src.name], src.peer, src.name
+        if not wire.chunks:
+            wire.fin_delivered = True
+            keep = dst.protocol.eof_received()  # type: ignore[union-attr]
+            if not keep:
+                dst.close()
+            return
+        data = self._take(wire, self._piece_size(wire.size))
+        fault = self.plan.fault
+        action = None
+        if (
+            fault is not None
+            and fault.depth == 0
+            and fault.src == name
+            and self.fired is None
+            and self.delivered[name] + len(data) >= fault.offset
+        ):
+            cut = fault.offset - self.delivered[name]
+            rest, data = data[cut:], data[:cut]
+            if rest:
+                wire.chunks.appendleft(rest)
+                wire.size += len(rest)
+            action = fault.kind
+        self.delivered[name] += len(data)
+        self.sent[name] += data
+        if data:
+            dst.protocol.data_received(data)  # type: ignore[union-attr]
+        if action is not None:
+            self._fire(action, src)
+
     def _fire(self, action: str, src: MemoryTransport) -> None:
         self.fired = f"{action} after {self.delivered[src.name]} bytes {src.name}->{src.peer.name}"
-        self.fired_at = self._loop.time()
-        dst = src.peer
+        dst, wire = src.peer, self.wires[src.name]
         if action == "reset":
             self._reset(src)
             self._reset(dst)
-        elif action == "eof":
-            self.blackhole[src.name] = True
-            self._discard(src)
-            if not dst._lost:
+        else:  # eof, stall: nothing more arrives from src, ever
+            wire.blackhole = True
+            wire.clear()
+            wire.fin_delivered = True  # a FIN from src will never arrive either
+            if action == "eof" and not dst._lost:
                 keep = dst.protocol.eof_received()  # type: ignore[union-attr]
                 if not keep:
                     dst.close()
-        elif action == "stall":
-            self.blackhole[src.name] = True
-            self._discard(src)
         self._kick()
 
-    def _piece_size(self, src: MemoryTransport) -> int:
-        total = src._out_size
+    def _piece_size(self, total: int) -> int:
         mode = self.plan.chunking
         if mode == "mixed":
             mode = self.rng.choice(CHUNKINGS[:-1])
@@ -460,57 +511,28 @@ class FaultPipe(MemoryPipe):
             n = total
         return min(n, total)
 
-    def _take(self, src: MemoryTransport, n: int) -> bytes:
+    @staticmethod
+    def _take(wire: Wire, n: int) -> bytes:
         out = bytearray()
-        off = self._head_off[src.name]
-        outgoing = src.outgoing
-        while n > 0 and outgoing:
-            head = outgoing[0]
-            avail = len(head) - off
-            if avail <= n:
-                out += head[off:] if off else head
-                outgoing.popleft()
-                off = 0
-                n -= avail
+        while n > 0 and wire.chunks:
+            head = wire.chunks[0]
+            if len(head) <= n:
+                out += wire.chunks.popleft()
+                n -= len(head)
             else:
-                out += head[off : off + n]
-                off += n
+                out += head[:n]
+                wire.chunks[0] = head[n:]
                 n = 0
-        self._head_off[src.name] = off
-        self._consumed(src, len(out))
+        wire.size -= len(out)
+        if not wire.chunks:
+            wire.ready_at = None
         return bytes(out)
 
-    def _give_back(self, src: MemoryTransport, data: bytes) -> None:
-        if data:
-            off = self._head_off[src.name]
-            if off and src.outgoing:
-                src.outgoing[0] = src.outgoing[0][off:]
-            self._head_off[src.name] = 0
-            src.outgoing.appendleft(data)
-            src._out_size += len(data)
-
-    def _discard(self, src: MemoryTransport) -> None:
-        size = src._out_size
-        src.outgoing.clear()
-        self._head_off[src.name] = 0
-        self._consumed(src, size)
-
-    def _consumed(self, src: MemoryTransport, n: int) -> None:
-        src._out_size -= n
-        if not src.outgoing:
-            self._ready_at[src.name] = None
-            self._head_off[src.name] = 0
-        src._maybe_pause()
-
     def _reset(self, t: MemoryTransport) -> None:
-        self._head_off[t.name] = 0
-        self._ready_at[t.name] = None
+        # An RST: nothing in flight either way survives.
+        self.wires[t.name].clear()
+        self.wires[t.peer.name].clear()
         super()._reset(t)
-
-    def _connection_lost(self, t: MemoryTransport, exc: Exception | None) -> None:
-        if not t._lost:
-            self._head_off[t.name] = 0
-        super()._connection_lost(t, exc)
 
 
 # -- the applications ----------------------------------------------------------------
@@ -699,11 +721,25 @@ class Case:
                 assert fault is not None
                 pos = fault.offset - len(stream)
                 if 0 <= pos < len(data):
-                    if fault.kind == "flip":
-                        data = data[:pos] + bytes([data[pos] ^ fault.value[0]]) + data[pos + 1 :]
-                    else:
-                        data = data[:pos] + fault.value + data[pos:]
-                    case.fault_hit = {"depth": depth, "time": case.pipe._loop.time()}
+                    # Feed what comes before the target first: if that ends
+                    # the session (a close_notify), the target byte belongs
+                    # to the layer beneath, in clear, and is left alone.
+                    if pos:
+                        stream.extend(data[:pos])
+                        original(data[:pos])
+                        data = data[pos:]
+                        successor = layer.outer.inner
+                        if successor is not layer:
+                            # Popped by what it just read: the rest goes
+                            # where the chain now sends it.
+                            successor.receive(data)
+                            return
+                    if layer.state.value in _READING:
+                        if fault.kind == "flip":
+                            data = bytes([data[0] ^ fault.value[0]]) + data[1:]
+                        else:
+                            data = fault.value + data
+                        case.fault_hit = {"depth": depth, "time": case.pipe._loop.time()}
             stream.extend(data)
             original(data)
 
