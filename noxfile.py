@@ -36,3 +36,31 @@ def typecheck(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     session.install(".")
     session.run("python", "-m", "onion_tls", "demo", *session.posargs)
+
+
+@nox.session
+def stress(session: nox.Session) -> None:
+    """Long runs, each bounded and stopping by itself: thousands of seeded
+    fault cases, 1,000 concurrent two-layer loopback connections, 10,000
+    connect/push/pop/close cycles with memory measured.  Pick some with
+    ``nox -s stress -- faults load leaks``."""
+    session.install("-e", ".[test]")
+    wanted = set(session.posargs) or {"faults", "load", "leaks"}
+    if "faults" in wanted:
+        session.run("python", "stress/faults.py", "--count", "3000")
+    if "load" in wanted:
+        session.run("python", "stress/load.py", "--connections", "1000")
+    if "leaks" in wanted:
+        session.run("python", "stress/leaks.py", "--cycles", "10000", "--progress")
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Fuzz the byte-handling code: hypothesis with many more examples, then
+    atheris (coverage-guided) for a bounded time; pass libFuzzer flags after
+    ``--`` (default ``-max_total_time=300``)."""
+    session.install("-e", ".[test]", "atheris")
+    session.env["ONION_FUZZ_EXAMPLES"] = "2000"
+    session.run("pytest", "-W", "error", "-p", "no:cacheprovider", "tests/test_fuzz.py")
+    flags = session.posargs or ["-max_total_time=300"]
+    session.run("python", "stress/fuzz_atheris.py", *flags)

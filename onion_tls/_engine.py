@@ -169,7 +169,7 @@ _VERIFY_ERRORS = {
     23: "certificate revoked",
     24: "invalid CA certificate",
     25: "path length constraint exceeded",
-    26: "unsupported certificate purpose",
+    26: "unsuitable certificate purpose",  # OpenSSL's words, as the stdlib engine reports
     27: "certificate not trusted",
     28: "certificate rejected",
     62: "hostname mismatch",

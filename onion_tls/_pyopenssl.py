@@ -195,6 +195,12 @@ class PyOpenSSLEngine:
         if self._verify_failure is not None:
             text = f"certificate verify failed: {self._verify_failure}"
             alert = False
+        elif text == "certificate verify failed":
+            # Checked by the context's own callback (a server verifying a
+            # client certificate): OpenSSL's queue says only that it failed.
+            code = _verify_result(self._conn)
+            if code:
+                text = f"certificate verify failed: {verify_error_text(code)}"
         return EngineError(text, alert_received=alert)
 
     # -- the engine interface -------------------------------------------------
@@ -338,6 +344,17 @@ def _install_keylog(context: SSL.Context) -> None:
         )
         return
     _keylog_contexts.add(context)
+
+
+def _verify_result(conn: SSL.Connection) -> int:
+    """``SSL_get_verify_result``: why the peer's certificate was refused.
+    pyOpenSSL has no public call for it; without the binding, 0 (unknown)."""
+    try:
+        from OpenSSL._util import lib
+
+        return int(lib.SSL_get_verify_result(conn._ssl))
+    except Exception:  # noqa: BLE001 - only ever costs the detail
+        return 0
 
 
 def _write_keylog(conn: SSL.Connection, line: bytes) -> None:

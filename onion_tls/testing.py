@@ -333,6 +333,11 @@ class MemoryPipe:
     test calls :meth:`step` or :meth:`pump`, so every interleaving can be
     chosen.  ``chunker`` cuts each write before delivery (see
     :func:`dribble`); ``coalesce`` joins everything pending into one read.
+
+    ``close()`` is a full close, as on TCP: bytes written afterwards toward
+    the closed end make it answer with a reset.  With ``half_close=True`` a
+    closed end still takes (and drops) what is sent to it, like a peer that
+    only shut down its writing side (``shutdown(SHUT_WR)``).
     """
 
     def __init__(
@@ -341,7 +346,9 @@ class MemoryPipe:
         auto: bool = True,
         chunker: Chunker | None = None,
         coalesce: bool = False,
+        half_close: bool = False,
     ) -> None:
+        self.half_close = half_close
         self.a = MemoryTransport(self, "a")
         self.b = MemoryTransport(self, "b")
         self.a.peer, self.b.peer = self.b, self.a
@@ -384,11 +391,18 @@ class MemoryPipe:
         if src._lost:
             return False
         if src.outgoing and dst._lost:
-            # Like a socket whose peer is gone: the bytes are dropped, and a
-            # close() still completes.
+            # The peer's socket is gone.  A closing socket is done once its
+            # buffer is handed over; a live one gets the peer's RST.
             src.outgoing.clear()
             src._out_size = 0
-            src._maybe_pause()
+            if self.half_close:
+                src._maybe_pause()
+                return True
+            if src._closing:
+                self._connection_lost(src, None)
+            else:
+                self._reset(src)
+            return True
         if src.outgoing and dst._reading and not dst._lost:
             if self.coalesce:
                 data = b"".join(src.outgoing)
@@ -506,10 +520,11 @@ async def memory_pair(
     auto: bool = True,
     chunker: Chunker | None = None,
     coalesce: bool = False,
+    half_close: bool = False,
 ) -> OnionPair:
     """Connect a client and a server application through two onion stacks
-    over an in-memory pipe."""
-    pipe = MemoryPipe(auto=auto, chunker=chunker, coalesce=coalesce)
+    over an in-memory pipe (see :class:`MemoryPipe` for the options)."""
+    pipe = MemoryPipe(auto=auto, chunker=chunker, coalesce=coalesce, half_close=half_close)
     client = OnionProtocol(client_factory())
     server = OnionProtocol(server_factory())
     pipe.connect(client, server)
@@ -646,6 +661,7 @@ def stream_pair(
     auto: bool = True,
     chunker: Chunker | None = None,
     coalesce: bool = False,
+    half_close: bool = False,
     limit: int = 2**16,
 ) -> _OpenPair:
     """Connect two onion_tls stream ends in memory (no sockets).
@@ -657,12 +673,19 @@ def stream_pair(
       handler: optional; called as ``handler(reader, writer)`` with the
         server end, like a ``start_server`` callback.  When it returns, its
         writer is closed.
-      auto, chunker, coalesce: see :class:`MemoryPipe`; e.g.
+      auto, chunker, coalesce, half_close: see :class:`MemoryPipe`; e.g.
         ``chunker=dribble(1)`` delivers the stream one byte per read, and
         ``auto=False`` moves nothing until you call ``pair.pipe.step()``.
       limit: the readers' buffer limit.
     """
-    return _OpenPair(handler, auto=auto, chunker=chunker, coalesce=coalesce, limit=limit)
+    return _OpenPair(
+        handler,
+        auto=auto,
+        chunker=chunker,
+        coalesce=coalesce,
+        half_close=half_close,
+        limit=limit,
+    )
 
 
 class _OpenPair:
@@ -690,7 +713,12 @@ class _OpenPair:
 
         kw = self._kw
         loop = asyncio.get_running_loop()
-        pipe = MemoryPipe(auto=kw["auto"], chunker=kw["chunker"], coalesce=kw["coalesce"])
+        pipe = MemoryPipe(
+            auto=kw["auto"],
+            chunker=kw["chunker"],
+            coalesce=kw["coalesce"],
+            half_close=kw["half_close"],
+        )
         creader = asyncio.StreamReader(limit=kw["limit"], loop=loop)
         sreader = asyncio.StreamReader(limit=kw["limit"], loop=loop)
         cproto = _StreamProtocol(creader)
