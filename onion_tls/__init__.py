@@ -11,6 +11,7 @@ from ._transport import OnionProtocol, OnionTransport, wrap
 from ._view import TLSLayer
 from .errors import (
     HandshakeError,
+    HandshakeTimeoutError,
     LayerStateError,
     OnionError,
     TLSProtocolError,
@@ -21,6 +22,7 @@ from .streams import StreamWriter, open_connection, start_server
 
 __all__ = [
     "HandshakeError",
+    "HandshakeTimeoutError",
     "LayerStateError",
     "OnionError",
     "OnionProtocol",

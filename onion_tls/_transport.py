@@ -26,7 +26,13 @@ from ._chain import Chain
 from ._engine import new_engine
 from ._layer import Layer
 from ._view import TLSLayer
-from .errors import HandshakeError, LayerStateError, OnionError, TLSTimeoutError
+from .errors import (
+    HandshakeError,
+    HandshakeTimeoutError,
+    LayerStateError,
+    OnionError,
+    TLSTimeoutError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -263,7 +269,7 @@ class OnionProtocol(asyncio.Protocol):
     def _handshake_timeout(self, layer: Layer, timeout: float) -> None:
         if layer in self._starts:
             self._chain.fail(
-                TLSHandshakeTimeout(
+                HandshakeTimeoutError(
                     f"the handshake did not finish within {timeout:g} s (timeout)",
                     depth=layer.depth,
                 )
@@ -406,10 +412,6 @@ class OnionProtocol(asyncio.Protocol):
                 raw.pause_reading()
             else:
                 raw.resume_reading()
-
-
-class TLSHandshakeTimeout(HandshakeError, TLSTimeoutError):
-    """A handshake did not finish within ``handshake_timeout``."""
 
 
 class OnionTransport(asyncio.Transport):

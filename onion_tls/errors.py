@@ -16,6 +16,7 @@ from __future__ import annotations
 
 __all__ = [
     "HandshakeError",
+    "HandshakeTimeoutError",
     "LayerStateError",
     "OnionError",
     "TLSProtocolError",
@@ -63,3 +64,9 @@ class TruncatedError(OnionError):
 
 class TLSTimeoutError(OnionError, TimeoutError):
     """A handshake or a shutdown did not finish within its timeout."""
+
+
+class HandshakeTimeoutError(HandshakeError, TLSTimeoutError):
+    """A handshake did not finish within ``handshake_timeout``: both a
+    :class:`HandshakeError` and a :class:`TLSTimeoutError` (and so a
+    ``TimeoutError``)."""
