@@ -31,3 +31,11 @@ def typecheck(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     session.install(".")
     session.run("python", "-m", "onion_tls", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """onion_tls against asyncio's own TLS, side by side; uvloop too.
+    Options go after ``--``, e.g. ``nox -s bench -- --quick --depths 1-2``."""
+    session.install(".", "uvloop")
+    session.run("python", "-m", "onion_tls", "bench", *session.posargs)
