@@ -1,4 +1,4 @@
-"""Command line: ``python -m onion_tls demo``."""
+"""Command line: ``python -m onion_tls demo`` and ``python -m onion_tls bench``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument("--port", type=int, default=0, help="port to serve on (default: any)")
     demo.add_argument("--host", default="127.0.0.1", help="address to serve on")
+    from . import bench as _bench
+
+    _bench.add_arguments(
+        sub.add_parser(
+            "bench",
+            help="onion_tls against asyncio's own TLS, side by side",
+            description=_bench.DESCRIPTION,
+        )
+    )
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -37,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--layers must be at least 1")
         asyncio.run(run_demo(args.layers, args.engine, args.port, args.host))
         return 0
+    if args.command == "bench":
+        return _bench.run(args)
     return 2  # pragma: no cover
 
 
