@@ -118,9 +118,9 @@ class Tail:
         self.paused = False
 
     def receive(self, data: bytes) -> None:
-        if self._chain.closing:
-            # As with asyncio's transports: after close(), no more data is
-            # received (the close still reads what its shutdown needs).
+        if self._chain.closing or self._chain.dead:
+            # As with asyncio's transports: after close() or abort(), no more
+            # data is received (a close still reads what its shutdown needs).
             return
         if self.backlog or self.paused or self._chain.in_app_call:
             self.backlog.append(data)
@@ -133,7 +133,7 @@ class Tail:
         raise AssertionError("nothing is inside the tail")
 
     def eof(self, layer: Layer | None) -> None:
-        if self._chain.closing:
+        if self._chain.closing or self._chain.dead:
             return
         if self.backlog or self.paused or self._chain.in_app_call:
             self.backlog.append(_Eof(layer))
@@ -167,10 +167,12 @@ class Tail:
                 item = b"".join(parts)  # type: ignore[arg-type]
             self._hooks.deliver_data(item)  # type: ignore[arg-type]
 
-    def drop_eof(self) -> None:
-        """Forget an EOF not yet delivered (its layer was popped meanwhile)."""
-        if _EOF in self.backlog:
-            self.backlog = deque(x for x in self.backlog if x is not _EOF)
+    def drop_eof(self, layer: Layer) -> None:
+        """Forget an EOF of ``layer`` not yet delivered (it was popped)."""
+        if any(isinstance(x, _Eof) and x.layer is layer for x in self.backlog):
+            self.backlog = deque(
+                x for x in self.backlog if not (isinstance(x, _Eof) and x.layer is layer)
+            )
 
     def backlog_size(self) -> int:
         return sum(len(x) for x in self.backlog if isinstance(x, bytes))
@@ -193,9 +195,11 @@ class Chain:
         self._held_size = 0
         self.closing = False
         self.dead = False
-        #: The socket reached EOF (the peer sent FIN).
-        self.peer_eof = False
         self._raw_closed = False
+        #: The socket reached EOF.
+        self.peer_eof = False
+        #: ... after the peer's close_notify on every layer: a clean TLS close.
+        self.clean_eof = False
         self._app_calls = 0
         self._advancing = False
         self._advance_again = False
@@ -267,9 +271,9 @@ class Chain:
     def feed_eof(self) -> None:
         """The socket reached EOF.  Clean only if every layer saw the
         peer's close_notify first; otherwise the stream was truncated."""
+        self.peer_eof = True
         if self.dead:
             return
-        self.peer_eof = True
         layers = self.layers()
         if not layers:
             self.tail.eof(None)
@@ -303,6 +307,7 @@ class Chain:
                 return
         # Every layer was closed by the peer: the application has had its
         # eof_received() (or is about to, from the backlog).
+        self.clean_eof = self.peer_closed_every_layer()
 
     # -- splice and pop -------------------------------------------------------
 
@@ -378,7 +383,7 @@ class Chain:
         layer.held.clear()
         # An EOF still waiting for the application was this layer's: the
         # application has popped the layer, so it is not told any more.
-        self.tail.drop_eof()
+        self.tail.drop_eof(layer)
         self.hooks.layer_popped(layer)
         if trailing and not self.dead:
             inner.receive(trailing)
@@ -398,9 +403,9 @@ class Chain:
         came while layers were linked.  Its EOF is due now."""
         if isinstance(outer, Layer):
             if outer.state is LayerState.PEER_CLOSED:
-                self.tail.eof()
+                self.tail.eof(outer)
         elif self.peer_eof:
-            self.tail.eof()
+            self.tail.eof(None)
 
     # -- outgoing flow --------------------------------------------------------
 

@@ -114,14 +114,14 @@ class OnionProtocol(asyncio.Protocol):
             self._grace.cancel()
             self._grace = None
         err = self._error if self._error is not None else exc
-        if (
-            isinstance(err, (BrokenPipeError, ConnectionResetError))
-            and chain.closing
-            and (self._peer_eof or chain.peer_closed_every_layer())
+        if isinstance(err, (BrokenPipeError, ConnectionResetError)) and (
+            chain.clean_eof
+            or (chain.closing and (self._peer_eof or chain.peer_closed_every_layer()))
         ):
             # The peer had closed cleanly (close_notify on every layer, then
-            # EOF) and was gone before our answering close_notify got there:
-            # that is still a clean close, even if the reset overtook the EOF.
+            # EOF) and was gone before our answering close_notify (from
+            # close() or stop_tls()) got there: that is still a clean close,
+            # even if the reset overtook the EOF.
             err = None
         if err is None and (self._starts or self._stop is not None):
             err = OnionError("the connection was closed while a layer was changing")
@@ -352,6 +352,7 @@ class OnionProtocol(asyncio.Protocol):
 
     def _abort(self) -> None:
         self._chain.mark_dead()
+        self._chain.tail.backlog.clear()  # nothing more reaches the app
         if self._error is None:
             self._error = None
         self._fail_futures(OnionError("the connection was aborted"))

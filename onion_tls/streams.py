@@ -133,7 +133,7 @@ class _StreamProtocol(asyncio.Protocol):
         reader.set_transport(transport)
         self._writer = StreamWriter(transport, self, reader, self._loop)
         if self._cb is not None:
-            task = self._loop.create_task(self._serve(self._writer))
+            task = self._loop.create_task(self._serve(reader, self._writer))
             if self._tasks is not None:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -177,8 +177,7 @@ class _StreamProtocol(asyncio.Protocol):
                 self._closed.set_result(None)
             else:
                 self._closed.set_exception(exc)
-        waiters, self._drain_waiters = self._drain_waiters, collections.deque()
-        for waiter in waiters:
+        for waiter in self._drain_waiters:
             if not waiter.done():
                 if exc is None:
                     waiter.set_result(None)
@@ -234,10 +233,8 @@ class _StreamProtocol(asyncio.Protocol):
 
     # -- server side ----------------------------------------------------------
 
-    async def _serve(self, writer: StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: StreamWriter) -> None:
         assert self._cb is not None
-        reader = self._reader
-        assert reader is not None
         if self._server_ssl is not None:
             try:
                 await writer.start_tls(
@@ -325,7 +322,16 @@ class StreamWriter:
         right behind ``STARTTLS``), or drop it (plaintext sent before the
         upgrade, which must not be taken as protected).
         """
-        return _take_buffer(self._reader)
+        data = _take_buffer(self._reader)
+        # Reading was paused with more data waiting in the onion (the reader
+        # was full): that data arrived before the upgrade too.  Hand it over
+        # now, so that the caller's start_tls() finds nothing left behind.
+        onion = self._transport._p
+        tail = onion._chain.tail
+        while tail.backlog and not tail.paused and not onion._chain.in_app_call:
+            tail.flush()
+            data += _take_buffer(self._reader)
+        return data
 
     def start_tls(
         self,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import trustme
@@ -640,40 +640,69 @@ class StreamPair:
         await self.aclose()
 
 
-async def stream_pair(
+def stream_pair(
     handler: ClientConnectedCallback | None = None,
     *,
     auto: bool = True,
     chunker: Chunker | None = None,
     coalesce: bool = False,
     limit: int = 2**16,
-) -> StreamPair:
+) -> _OpenPair:
     """Connect two onion_tls stream ends in memory (no sockets).
+
+    Use either ``pair = await stream_pair(...)`` (then ``await
+    pair.aclose()``) or ``async with stream_pair(...) as pair:``.
 
     Args:
       handler: optional; called as ``handler(reader, writer)`` with the
-        server end, like a ``start_server`` callback.  If it returns, its
-        writer is closed (unless it closed it already).
+        server end, like a ``start_server`` callback.  When it returns, its
+        writer is closed.
       auto, chunker, coalesce: see :class:`MemoryPipe`; e.g.
-        ``chunker=dribble(1)`` delivers the stream one byte per read.
+        ``chunker=dribble(1)`` delivers the stream one byte per read, and
+        ``auto=False`` moves nothing until you call ``pair.pipe.step()``.
       limit: the readers' buffer limit.
     """
-    from .streams import _StreamProtocol
+    return _OpenPair(handler, auto=auto, chunker=chunker, coalesce=coalesce, limit=limit)
 
-    loop = asyncio.get_running_loop()
-    pipe = MemoryPipe(auto=auto, chunker=chunker, coalesce=coalesce)
-    creader = asyncio.StreamReader(limit=limit, loop=loop)
-    sreader = asyncio.StreamReader(limit=limit, loop=loop)
-    cproto = _StreamProtocol(creader)
-    sproto = _StreamProtocol(sreader, accepted=True)
-    pipe.connect(OnionProtocol(cproto), OnionProtocol(sproto))
-    assert cproto._writer is not None and sproto._writer is not None
-    client = Stream(creader, cproto._writer)
-    server = Stream(sreader, sproto._writer)
-    task = None
-    if handler is not None:
-        task = loop.create_task(_run_handler(handler, server))
-    return StreamPair(pipe, client, server, task)
+
+class _OpenPair:
+    """What :func:`stream_pair` returns: awaitable, and an async context
+    manager that closes the pair on exit."""
+
+    def __init__(self, handler: ClientConnectedCallback | None, **kw: Any) -> None:
+        self._handler = handler
+        self._kw = kw
+        self._pair: StreamPair | None = None
+
+    def __await__(self) -> Generator[Any, None, StreamPair]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> StreamPair:
+        self._pair = await self._open()
+        return self._pair
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._pair is not None
+        await self._pair.aclose()
+
+    async def _open(self) -> StreamPair:
+        from .streams import _StreamProtocol
+
+        kw = self._kw
+        loop = asyncio.get_running_loop()
+        pipe = MemoryPipe(auto=kw["auto"], chunker=kw["chunker"], coalesce=kw["coalesce"])
+        creader = asyncio.StreamReader(limit=kw["limit"], loop=loop)
+        sreader = asyncio.StreamReader(limit=kw["limit"], loop=loop)
+        cproto = _StreamProtocol(creader)
+        sproto = _StreamProtocol(sreader, accepted=True)
+        pipe.connect(OnionProtocol(cproto), OnionProtocol(sproto))
+        assert cproto._writer is not None and sproto._writer is not None
+        client = Stream(creader, cproto._writer)
+        server = Stream(sreader, sproto._writer)
+        task = None
+        if self._handler is not None:
+            task = loop.create_task(_run_handler(self._handler, server))
+        return StreamPair(pipe, client, server, task)
 
 
 async def _run_handler(handler: ClientConnectedCallback, end: Stream) -> None:

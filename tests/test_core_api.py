@@ -375,6 +375,51 @@ async def test_errors_are_onion_errors_with_depth() -> None:
         assert issubclass(cls, OnionError)
         exc = cls("why", depth=4)
         assert exc.depth == 4 and exc.reason == "why"
-        assert str(exc) == "TLS layer 4: why"
+        assert str(exc).startswith("TLS layer 4") and str(exc).endswith(": why")
+        assert "depth 4" in str(exc)
     assert str(OnionError("why")) == "onion connection: why"
     assert issubclass(TLSTimeoutError, TimeoutError)
+
+
+@pytest.mark.parametrize("call", ["abort", "close", "stop_tls"])
+@pytest.mark.parametrize("engine", ["pyopenssl", "stdlib"])
+async def test_transport_calls_from_inside_data_received(
+    onion_ca: OnionCA, engine: Engine, call: str
+) -> None:
+    """Three records arrive in one read; the application reacts to the first
+    one.  After abort() or close() nothing more is delivered (as asyncio
+    transports do); after stop_tls() the rest (sent before any
+    close_notify) still is, inside the layer, and the stop completes."""
+    async with connect("memory", coalesce=True) as pair:
+        for d in (1, 2):
+            await start_layer(pair, onion_ca, d, client_engine=engine, server_engine=engine)
+        cli = pair.c
+        stops: list[asyncio.Future[TLSLayer]] = []
+
+        def react(data: bytes) -> None:
+            cli.on_data = None
+            if call == "abort":
+                pair.client.abort()
+            elif call == "close":
+                pair.client.close()
+            else:
+                stops.append(pair.client.stop_tls())
+
+        cli.on_data = react
+        pair.s.eof_result = True
+        for word in (b"one;", b"two;", b"three;"):
+            pair.server.write(word)
+        if call == "stop_tls":
+            await pair.s.wait_eof()
+            pair.server.stop_tls()
+            assert (await asyncio.wait_for(stops[0], WAIT)).depth == 2
+            await cli.expect(b"one;two;three;")
+            assert cli.received_at(2) == b"one;two;three;"
+            return
+        assert await cli.wait_lost() is None
+        assert cli.chunks == [b"one;"]
+        assert cli.eofs == 0
+        if call == "close":
+            await pair.s.wait_eof()  # orderly: close_notify came
+        else:
+            assert isinstance(await pair.s.wait_lost(), ConnectionResetError)

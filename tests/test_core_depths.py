@@ -147,3 +147,36 @@ async def test_mutual_tls_both_engines_same_depth(onion_ca: OnionCA, kind: str) 
         pair.server.close()
         assert await pair.c.wait_lost() is None
         assert await pair.s.wait_lost() is None
+
+
+@pytest.mark.parametrize("mode", ENGINE_MODES)
+@pytest.mark.parametrize("kind", KINDS)
+async def test_pipelined_pushes_without_waiting(onion_ca: OnionCA, kind: str, mode: str) -> None:
+    """Both sides push layers 1 to 5 at once, without waiting for any
+    handshake, then write: each inner handshake waits inside the one around
+    it, and the writes arrive at depth 5.  (A write between two pushes would
+    reach the peer's next layer as garbage: the peer pushed it already.)"""
+    async with connect(kind) as pair:  # type: ignore[arg-type]
+        futs = []
+        for depth in range(1, 6):
+            client_engine, server_engine = engines_for(mode, depth)
+            futs.append(
+                pair.server.start_tls(
+                    onion_ca.server_context(depth, server_engine), server_side=True
+                )
+            )
+            futs.append(
+                pair.client.start_tls(
+                    onion_ca.client_context(client_engine), server_hostname=onion_ca.hostname(depth)
+                )
+            )
+        pair.client.write(b"c@5;")
+        pair.server.write(b"s@5;")
+        assert len(pair.client.layers) == 5
+        views = await asyncio.wait_for(asyncio.gather(*futs), 10)
+        assert [v.depth for v in views] == [d for d in range(1, 6) for _ in (0, 1)]
+        await pair.s.expect(b"c@5;")
+        await pair.c.expect(b"s@5;")
+        assert pair.s.received_at(5) == b"c@5;" and pair.c.received_at(5) == b"s@5;"
+        for v in pair.client.layers:
+            assert san(v.peer_certificate) == [onion_ca.hostname(v.depth)]

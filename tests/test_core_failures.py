@@ -125,7 +125,7 @@ async def test_handshake_refused(
 
 @pytest.mark.parametrize("server_side", [False, True], ids=["as-client", "as-server"])
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 8])
 async def test_garbage_during_handshake_at_each_depth(
     onion_ca: OnionCA, depth: int, engine: Engine, server_side: bool
 ) -> None:
@@ -272,7 +272,7 @@ async def test_eof_without_close_notify_is_truncation(
         exc = await one_loss(pair.c)
         assert isinstance(exc, TruncatedError), exc
         assert exc.depth == depth
-        assert re.search(r"TLS layer \d: .*truncated", str(exc))
+        assert f"TLS layer {depth}" in str(exc) and "truncated" in str(exc)
         assert pair.c.eofs == 0
 
 

@@ -366,3 +366,48 @@ async def test_rewrap_pipelined_after_close_notify_in_backlog(
         assert srv.received_at(1) == b""  # no pre-upgrade byte came "through TLS"
         pair.client.write(peer2.encrypt(b"inside the new layer"))
         await srv.wait_for(lambda: srv.received_at(1) == b"inside the new layer")
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("variant", VARIANTS)
+async def test_popping_onto_a_layer_the_peer_already_closed_reports_its_eof(
+    onion_ca: OnionCA, variant: str, depth: int
+) -> None:
+    """The peer closes the whole connection (close_notify on every layer,
+    then the socket).  The client keeps each layer open in eof_received and
+    pops it later; each pop that uncovers a layer the peer already closed
+    (or the plaintext socket at its EOF) must report that EOF too, or a
+    reader of the layer beneath would wait forever."""
+    async with variant_pair(variant) as pair:
+        for d in range(1, depth + 1):
+            await start_layer(pair, onion_ca, d, client_engine="stdlib", server_engine="pyopenssl")
+        pair.c.eof_result = True
+        pair.server.write(b"bye")
+        pair.server.close()
+        await pair.c.wait_eof()
+        await pair.c.expect(b"bye")
+        for d in range(depth, 0, -1):
+            await settle(20)
+            if pair.c.lost:
+                # over a socket the peer is gone: our close_notify answer
+                # met a reset, which is still a clean close (None) below
+                assert variant == "loopback"
+                break
+            assert len(pair.client.layers) == d
+            assert pair.c.eofs == depth - d + 1
+            assert [ev for ev in pair.c.transcript() if ev[0] == "eof"][-1] == ("eof", d)
+            if d == 1:
+                pair.c.eof_result = False  # the plaintext EOF closes
+            popped = await asyncio.wait_for(pair.client.stop_tls(), WAIT)
+            assert popped.depth == d
+            # the layer beneath was closed by the peer too (or, at the
+            # bottom, the socket reached EOF): eof_received again
+            want = depth - d + 2
+            await pair.c.wait_for(lambda: pair.c.eofs >= want or bool(pair.c.lost))  # noqa: B023
+            if pair.c.lost and pair.c.eofs < want:
+                assert variant == "loopback"  # the reset came first (see below)
+                break
+            assert [ev for ev in pair.c.transcript() if ev[0] == "eof"][-1] == ("eof", d - 1)
+        assert await pair.c.wait_lost() is None
+        assert await pair.s.wait_lost() is None
+        assert len(pair.c.lost) == 1

@@ -418,3 +418,46 @@ async def test_open_connection_ssl_true_uses_the_default_context(onion_ca: Onion
     async with serving(handler, ssl=onion_ca.server_context(1)) as port:
         with pytest.raises(HandshakeError, match=r"certificate verify failed|unknown ca|issuer"):
             await onion_tls.open_connection("127.0.0.1", port, ssl=True, server_hostname="x")
+
+
+async def test_take_buffered_takes_what_waited_behind_a_full_reader(onion_ca: OnionCA) -> None:
+    # Three records in one read: the first fills the reader (limit 16, so
+    # it pauses above 32 bytes), the other two wait inside the onion.
+    pair = await stream_pair(limit=16, coalesce=True)
+    (_cr, cw), (_sr, sw) = pair.client, pair.server
+    await pair.start_tls(onion_ca)
+    for part in (b"a" * 40, b"b" * 40, b"STARTTLS\n"):
+        cw.write(part)
+    fc = cw.start_tls(onion_ca.client_context(), server_hostname=onion_ca.hostname(2))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not sw.transport.is_reading()
+    early = sw.take_buffered()
+    assert early.startswith(b"a" * 40 + b"b" * 40 + b"STARTTLS\n")
+    ls = await sw.start_tls(onion_ca.server_context(2), initial_bytes=early[89:])
+    assert ls.depth == (await fc).depth == 2
+    await pair.aclose()
+
+
+async def test_a_drain_waiting_when_the_connection_fails_raises_the_error(
+    onion_ca: OnionCA,
+) -> None:
+    pair = await stream_pair()
+    (_cr, cw), (_sr, sw) = pair.client, pair.server
+    await pair.start_tls(onion_ca)
+    pair.pipe.auto = False
+    cw.transport.set_write_buffer_limits(high=1024)
+    cw.write(b"q" * 10_000)
+    drain = asyncio.ensure_future(cw.drain())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not drain.done()
+    pair.pipe.b.outgoing.clear()
+    pair.pipe.b.write_eof()  # the server's socket: FIN without close_notify
+    pair.pipe.a.outgoing.clear()
+    pair.pipe.a._out_size = 0
+    pair.pipe.pump()
+    with pytest.raises(TruncatedError):
+        await drain
+    sw.transport.abort()
+    await pair.aclose()
