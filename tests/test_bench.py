@@ -62,6 +62,7 @@ def test_cells_cover_the_matrix() -> None:
     ]
 
 
+@pytest.mark.timeout(300)  # worker processes on a busy machine
 def test_quick_bench_prints_a_table() -> None:
     loops = "asyncio,uvloop" if HAVE_UVLOOP else "asyncio"
     proc = run_cli(
@@ -104,6 +105,7 @@ def test_quick_bench_prints_a_table() -> None:
     assert "[asyncio 1/1] handshake depth 2" in proc.stderr
 
 
+@pytest.mark.timeout(300)
 def test_quick_bench_stdlib_engine() -> None:
     proc = run_cli(
         "--quick",
