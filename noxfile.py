@@ -64,3 +64,11 @@ def fuzz(session: nox.Session) -> None:
     session.run("pytest", "-W", "error", "-p", "no:cacheprovider", "tests/test_fuzz.py")
     flags = session.posargs or ["-max_total_time=300"]
     session.run("python", "stress/fuzz_atheris.py", *flags)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """onion_tls against asyncio's own TLS, side by side; uvloop too.
+    Options go after ``--``, e.g. ``nox -s bench -- --quick --depths 1-2``."""
+    session.install(".", "uvloop")
+    session.run("python", "-m", "onion_tls", "bench", *session.posargs)

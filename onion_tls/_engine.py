@@ -80,6 +80,18 @@ class Engine(Protocol):
         """Decrypt up to ``max_bytes``; ``b""`` means more input is needed.
         Raises :class:`PeerClosed` on close_notify."""
 
+    #: True when :meth:`unread` works: the layer may then feed the engine
+    #: any chunk, not one whole record at a time.
+    can_unread: bool
+
+    def read_into(self, buffer: memoryview) -> int:
+        """Decrypt into ``buffer``; returns how many bytes, 0 when more input
+        is needed.  Raises :class:`PeerClosed` on close_notify."""
+
+    def unread(self) -> bytes:
+        """Take back (and forget) the bytes fed but not read yet: after the
+        peer's close_notify, exactly the bytes that followed it."""
+
     def write(self, data: bytes | memoryview) -> int:
         """Encrypt ``data``; returns how much was taken (0 only while a TLS
         1.2 renegotiation waits for the peer)."""

@@ -38,7 +38,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from OpenSSL import SSL
 
@@ -59,9 +59,39 @@ if TYPE_CHECKING:
 
 __all__ = ["PyOpenSSLEngine"]
 
-# Taking ciphertext out of the BIO: one bio_read() call of this size almost
-# always empties it (a 64 KiB write gives ~64.1 KiB of records).
+# Taking ciphertext out of the BIO without the direct path (below): one
+# bio_read() call of this size almost always empties it (a 64 KiB write
+# gives ~64.1 KiB of records).
 _OUT_CHUNK = 256 * 1024
+
+# The direct path.  pyOpenSSL's Connection has no public way to ask how much
+# a memory BIO holds, to take fed bytes back, to decrypt into a caller's
+# buffer without an extra temporary buffer and copy, or to turn partial
+# writes off; and recv()/bio_read() allocate a fresh buffer per call, and
+# raise WantReadError each time the BIO runs dry.  The engine therefore calls
+# OpenSSL through the cffi binding pyOpenSSL itself uses, on the SSL object
+# and the two memory BIOs of its own Connection, and leaves every error to
+# pyOpenSSL's own error mapping.  When those internals are missing (another
+# pyOpenSSL), everything goes through the public API instead: the layer then
+# feeds its engine one record at a time (``can_unread`` is False).
+try:
+    from OpenSSL._util import ffi as _ffi
+    from OpenSSL._util import lib as _lib
+except ImportError:  # pragma: no cover - another pyOpenSSL
+    _ffi = _lib = None
+_DIRECT_API = _lib is not None and all(
+    hasattr(_lib, name)
+    for name in (
+        "SSL_read",
+        "SSL_get_error",
+        "SSL_clear_mode",
+        "SSL_MODE_ENABLE_PARTIAL_WRITE",
+        "SSL_ERROR_WANT_READ",
+        "BIO_read",
+        "BIO_write",
+        "BIO_get_mem_data",
+    )
+)
 _keylog_lock = threading.Lock()
 
 # Info-callback states that only a full handshake goes through (the server's
@@ -122,6 +152,19 @@ class PyOpenSSLEngine:
             _install_keylog(context)  # before the Connection: see _install_keylog
         conn = SSL.Connection(context, None)
         self._conn = conn
+        self._direct = _DIRECT_API and all(
+            hasattr(conn, name) for name in ("_ssl", "_into_ssl", "_from_ssl", "_raise_ssl_error")
+        )
+        #: The layer may feed whole chunks: :meth:`unread` gives back what
+        #: follows the peer's close_notify.
+        self.can_unread = self._direct
+        if self._direct:
+            self._ssl = conn._ssl
+            self._rbio = conn._into_ssl
+            self._wbio = conn._from_ssl
+            # A memory BIO never blocks: one SSL_write takes a whole slice
+            # (pyOpenSSL's contexts allow partial writes: a record per call).
+            _lib.SSL_clear_mode(self._ssl, _lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
         # TLS 1.2 renegotiation is refused: a renegotiated session could change
         # identity under the application's feet; OpenSSL answers with an alert.
         conn.set_options(SSL.OP_NO_RENEGOTIATION)
@@ -209,7 +252,12 @@ class PyOpenSSLEngine:
         sni = self._sni
         if sni is not None and not sni.done:
             sni.feed(data)
-        self._conn.bio_write(data)
+        if self._direct:
+            size = len(data)
+            if size and _lib.BIO_write(self._rbio, _ffi.from_buffer(data), size) != size:
+                raise EngineError("out of memory for the incoming TLS data")
+        else:
+            self._conn.bio_write(data)
 
     def do_handshake(self) -> bool:
         try:
@@ -240,6 +288,45 @@ class PyOpenSSLEngine:
             _log.payload(self.depth, "decrypted", data)
         return data
 
+    def read_into(self, buffer: memoryview) -> int:
+        if not self._direct:
+            try:
+                n = self._conn.recv_into(buffer)
+            except SSL.Error as exc:
+                return self._read_error(exc)
+        else:
+            n = _lib.SSL_read(self._ssl, _ffi.from_buffer(buffer), len(buffer))
+            if n <= 0:
+                if _lib.SSL_get_error(self._ssl, n) == _lib.SSL_ERROR_WANT_READ:
+                    return 0
+                try:
+                    self._conn._raise_ssl_error(self._ssl, n)
+                except SSL.Error as exc:
+                    return self._read_error(exc)
+                raise EngineError(f"read failed (SSL_read returned {n})")  # pragma: no cover
+        if _log.switch.on:
+            _log.payload(self.depth, "decrypted", buffer[:n])
+        return n
+
+    def _read_error(self, exc: SSL.Error) -> int:
+        if isinstance(exc, SSL.WantReadError):
+            return 0
+        if isinstance(exc, SSL.ZeroReturnError):
+            raise PeerClosed from None
+        if isinstance(exc, SSL.SysCallError):
+            raise EngineError(f"read failed ({exc})") from None
+        raise self._error(exc) from None
+
+    def unread(self) -> bytes:
+        if not self._direct:  # pragma: no cover - the layer checks can_unread
+            raise RuntimeError("this engine cannot give fed bytes back")
+        size = _lib.BIO_get_mem_data(self._rbio, _ffi.NULL)
+        if size <= 0:
+            return b""
+        buf = _ffi.new("char[]", size)
+        got = _lib.BIO_read(self._rbio, buf, size)
+        return cast(bytes, _ffi.buffer(buf, max(got, 0))[:])
+
     def write(self, data: bytes | memoryview) -> int:
         try:
             n = self._conn.send(data)
@@ -258,6 +345,10 @@ class PyOpenSSLEngine:
             raise self._error(exc) from None
 
     def take_output(self) -> bytes:
+        if self._direct:
+            # Exactly what the BIO holds, in one allocation and one call.
+            size = _lib.BIO_get_mem_data(self._wbio, _ffi.NULL)
+            return self._conn.bio_read(size) if size > 0 else b""
         out = b""
         while True:
             try:

@@ -23,7 +23,7 @@ The views' answers keep the stdlib's own values: ``peercert`` is exactly
 from __future__ import annotations
 
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import _log
 from ._engine import (
@@ -145,6 +145,32 @@ class StdlibEngine:
         if _log.switch.on:
             _log.payload(self.depth, "decrypted", data)
         return data
+
+    #: The incoming BIO gives back what follows the peer's close_notify.
+    can_unread = True
+
+    def read_into(self, buffer: memoryview) -> int:
+        try:
+            # With a buffer, read() returns a count (typeshed says bytes).
+            n = cast(int, self._obj.read(len(buffer), buffer))
+        except ssl.SSLWantReadError:
+            return 0
+        except ssl.SSLZeroReturnError:
+            n = 0
+        except ssl.SSLError as exc:
+            raise self._error(exc) from None
+        if not n:
+            # SSLObject.read() reports the peer's close_notify as 0 bytes.
+            logger.debug("layer %d: alert received: warning close_notify", self.depth)
+            raise PeerClosed
+        if _log.switch.on:
+            _log.payload(self.depth, "decrypted", buffer[:n])
+        return n
+
+    def unread(self) -> bytes:
+        # OpenSSL reads one record at a time from the BIO (no read-ahead), so
+        # what is still there is exactly what follows the last record read.
+        return self._in.read() if self._in.pending else b""
 
     def write(self, data: bytes | memoryview) -> int:
         try:
