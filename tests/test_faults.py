@@ -210,6 +210,7 @@ class Plan:
     in_flight: bool  # the other side's data is in flight when a stop begins
     flow: bool  # small write buffers; applications pause and resume reading
     repush: bool  # after the pops, push the layers again
+    early: str | None  # at the last push: "stop" or "close" before the handshake ends
 
     def describe(self) -> str:
         layers = ", ".join(
@@ -225,7 +226,9 @@ class Plan:
             f"fault: {self.fault or 'none'}; pops {self.pops} ({self.pop_mode})"
             f"{', data in flight' if self.in_flight else ''}"
             f"{', then push again' if self.repush else ''}; "
-            f"{'flow control; ' if self.flow else ''}ending {self.ending}"
+            f"{'flow control; ' if self.flow else ''}"
+            f"{f'{self.early} during the last handshake; ' if self.early else ''}"
+            f"ending {self.ending}"
         )
 
 
@@ -285,6 +288,7 @@ def make_plan(seed: int) -> Plan:
         in_flight=rng.random() < 0.5,
         flow=rng.random() < 0.3,
         repush=pops > 0 and rng.random() < 0.3,
+        early=rng.choice((None, None, None, None, "stop", "close")),
     )
 
 
@@ -631,6 +635,8 @@ class Case:
         self.closed_by_app = {"a": False, "b": False}
         self.notes: list[str] = []
         self.plain_eofs: list[tuple[str, str]] = []
+        #: Closed during a handshake: what it had not read yet may be lost.
+        self.early_closer: str | None = None
 
     # -- actions --------------------------------------------------------------
 
@@ -770,7 +776,11 @@ class Case:
         return True
 
     def delivered_all(self) -> bool:
-        return all(len(self.apps[_other(s)].received) >= len(self.sent[s]) for s in "ab")
+        return all(
+            len(self.apps[_other(s)].received) >= len(self.sent[s])
+            for s in "ab"
+            if _other(s) != self.early_closer
+        )
 
     async def exchange(self) -> None:
         for side in "ab":
@@ -813,7 +823,7 @@ class Case:
         if not await self._push_all(1):
             return
         for _ in range(plan.pops):
-            if self.any_lost or not await self._pop():
+            if self.any_lost or not self.transport("a").layers or not await self._pop():
                 return
         if plan.repush and not self.any_lost:
             await self._push_all(self.depth["a"] + 1)
@@ -827,8 +837,27 @@ class Case:
             futs = [self.push(side, depth) for side in order]
             if self.rng.random() < 0.3:
                 self.send(self.rng.choice("ab"))  # queued until the handshake is done
+            early = self.plan.early if depth == len(self.plan.layers) else None
+            if early == "close":
+                # Orderly close while the handshake runs: it finishes first.
+                self.early_closer = order[0]
+                self.close(order[0])
+                await self.settle(futs)
+                return False
+            if early == "stop":
+                # stop_tls() before the handshake is done: the layer comes up,
+                # then closes; the peer answers from eof_received().
+                self.apps[order[1]].answer_eof = True
+                futs.append(self.stop(order[0]))
             if not await self.settle(futs):
                 return False
+            if early == "stop":
+                answered = await self.wait_until(
+                    lambda s=order[1]: bool(self.stops[s]) or self.any_lost, DATA_WAIT
+                )
+                self.apps[order[1]].answer_eof = False
+                if not answered or not await self.settle(self.stops[order[1]][-1:]):
+                    return False
             await self.exchange()
         return True
 
@@ -886,7 +915,7 @@ class Case:
                 self.transport("a").abort()
             else:  # b_close_plain: b pops what is left first, then closes
                 while self.transport("b").layers and not self.any_lost:
-                    if self.transport("a").is_closing():
+                    if self.transport("a").is_closing() or self.transport("b").is_closing():
                         break
                     self.apps["a"].answer_eof = True
                     fut = self.stop("b")
@@ -1072,7 +1101,13 @@ def run_case(seed: int, *, debug: bool = True) -> tuple[Plan, list[str], Case]:
         case = Case(plan)
         box["case"] = case
         _watch_eof(case)
-        await case.run()
+        try:
+            await case.run()
+        except Exception:  # noqa: BLE001 - a failing case is reported with its seed
+            case.violations.append("the script raised:\n" + traceback.format_exc())
+            for side in "ab":
+                case.transport(side).abort()
+            await case.wait_until(lambda: all(app.lost for app in case.apps.values()), END_WAIT)
 
     errors, hang = run_virtual(main, debug=debug)
     case = box["case"]
