@@ -1,9 +1,12 @@
 """onion_tls: TLS inside TLS inside TLS, on one asyncio connection.
 
 Wrap any asyncio protocol; push TLS layers under its transport with
-``transport.start_tls()`` and pop them with ``transport.stop_tls()``.
+``transport.start_tls()`` and pop them with ``transport.stop_tls()``.  Or use
+the streams: ``open_connection``/``start_server`` give a writer with
+``start_tls()``/``stop_tls()``.
 """
 
+from ._log import set_payload_debug
 from ._transport import OnionProtocol, OnionTransport, wrap
 from ._view import TLSLayer
 from .errors import (
@@ -14,6 +17,7 @@ from .errors import (
     TLSTimeoutError,
     TruncatedError,
 )
+from .streams import StreamWriter, open_connection, start_server
 
 __all__ = [
     "HandshakeError",
@@ -21,10 +25,14 @@ __all__ = [
     "OnionError",
     "OnionProtocol",
     "OnionTransport",
+    "StreamWriter",
     "TLSLayer",
     "TLSProtocolError",
     "TLSTimeoutError",
     "TruncatedError",
+    "open_connection",
+    "set_payload_debug",
+    "start_server",
     "wrap",
 ]
 

@@ -92,7 +92,14 @@ class Head:
         self._hooks.write_raw(data)
 
 
-_EOF = object()
+class _Eof:
+    """An EOF waiting in the tail's backlog; ``layer`` is the layer whose
+    close_notify it is, or None for the socket's EOF in plaintext."""
+
+    __slots__ = ("layer",)
+
+    def __init__(self, layer: Layer | None) -> None:
+        self.layer = layer
 
 
 class Tail:
@@ -111,6 +118,10 @@ class Tail:
         self.paused = False
 
     def receive(self, data: bytes) -> None:
+        if self._chain.closing or self._chain.dead:
+            # As with asyncio's transports: after close() or abort(), no more
+            # data is received (a close still reads what its shutdown needs).
+            return
         if self.backlog or self.paused or self._chain.in_app_call:
             self.backlog.append(data)
             if not self.paused:
@@ -121,26 +132,47 @@ class Tail:
     def write(self, data: bytes | memoryview) -> None:  # pragma: no cover
         raise AssertionError("nothing is inside the tail")
 
-    def eof(self) -> None:
+    def eof(self, layer: Layer | None) -> None:
+        if self._chain.closing or self._chain.dead:
+            return
         if self.backlog or self.paused or self._chain.in_app_call:
-            self.backlog.append(_EOF)
+            self.backlog.append(_Eof(layer))
             if not self.paused:
                 self._hooks.schedule_flush()
             return
-        self._deliver_eof()
+        self._deliver_eof(layer)
 
-    def _deliver_eof(self) -> None:
+    def _deliver_eof(self, layer: Layer | None) -> None:
         keep_open = self._hooks.deliver_eof()
-        self._chain.after_eof(bool(keep_open))
+        self._chain.after_eof(bool(keep_open), layer)
 
     def flush(self) -> None:
         backlog = self.backlog
+        if self._chain.closing:
+            backlog.clear()
+            return
         while backlog and not self.paused and not self._chain.in_app_call:
             item = backlog.popleft()
-            if item is _EOF:
-                self._deliver_eof()
-            else:
-                self._hooks.deliver_data(item)  # type: ignore[arg-type]
+            if isinstance(item, _Eof):
+                self._deliver_eof(item.layer)
+                continue
+            if backlog and isinstance(backlog[0], bytes):
+                # Everything that waited is handed over in one call, so an
+                # application that upgrades from data_received sees all the
+                # bytes that came before the upgrade and can pass them as
+                # initial_bytes (none is delivered after the splice).
+                parts = [item]
+                while backlog and isinstance(backlog[0], bytes):
+                    parts.append(backlog.popleft())
+                item = b"".join(parts)  # type: ignore[arg-type]
+            self._hooks.deliver_data(item)  # type: ignore[arg-type]
+
+    def drop_eof(self, layer: Layer) -> None:
+        """Forget an EOF of ``layer`` not yet delivered (it was popped)."""
+        if any(isinstance(x, _Eof) and x.layer is layer for x in self.backlog):
+            self.backlog = deque(
+                x for x in self.backlog if not (isinstance(x, _Eof) and x.layer is layer)
+            )
 
     def backlog_size(self) -> int:
         return sum(len(x) for x in self.backlog if isinstance(x, bytes))
@@ -164,6 +196,10 @@ class Chain:
         self.closing = False
         self.dead = False
         self._raw_closed = False
+        #: The socket reached EOF.
+        self.peer_eof = False
+        #: ... after the peer's close_notify on every layer: a clean TLS close.
+        self.clean_eof = False
         self._app_calls = 0
         self._advancing = False
         self._advance_again = False
@@ -204,6 +240,15 @@ class Chain:
             node = node.inner
         return size
 
+    def peer_closed_every_layer(self) -> bool:
+        """True when there are layers and the peer's close_notify was read
+        on every one of them."""
+        layers = self.layers()
+        return bool(layers) and all(
+            layer.state is LayerState.PEER_CLOSED or layer.state is LayerState.CLOSED
+            for layer in layers
+        )
+
     def needs_input(self) -> bool:
         """True while a handshake or a shutdown waits for the peer: reading
         must go on even if the application paused it."""
@@ -226,11 +271,12 @@ class Chain:
     def feed_eof(self) -> None:
         """The socket reached EOF.  Clean only if every layer saw the
         peer's close_notify first; otherwise the stream was truncated."""
+        self.peer_eof = True
         if self.dead:
             return
         layers = self.layers()
         if not layers:
-            self.tail.eof()
+            self.tail.eof(None)
             return
         for layer in reversed(layers):
             state = layer.state
@@ -261,6 +307,7 @@ class Chain:
                 return
         # Every layer was closed by the peer: the application has had its
         # eof_received() (or is about to, from the backlog).
+        self.clean_eof = self.peer_closed_every_layer()
 
     # -- splice and pop -------------------------------------------------------
 
@@ -278,6 +325,16 @@ class Chain:
             raise LayerStateError(
                 f"cannot start a layer inside a layer that is {inner.state.value}",
                 depth=inner.depth,
+            )
+        if self.tail.backlog:
+            # Bytes (or an EOF) that arrived before this upgrade still wait
+            # for the application; delivered after the splice they would
+            # look as if they came through the new layer.
+            raise LayerStateError(
+                "data received before this upgrade has not been delivered to the "
+                "application yet (reading is paused or a delivery is pending): take "
+                "it first and pass what belongs to the new layer as initial_bytes",
+                depth=None if inner is None else inner.depth,
             )
         layer = Layer(self, engine, inner.depth + 1 if inner is not None else 1)
         outer = self.tail.outer
@@ -324,15 +381,31 @@ class Chain:
         self.stopping = None
         trailing = bytes(layer.held)
         layer.held.clear()
+        # An EOF still waiting for the application was this layer's: the
+        # application has popped the layer, so it is not told any more.
+        self.tail.drop_eof(layer)
         self.hooks.layer_popped(layer)
         if trailing and not self.dead:
             inner.receive(trailing)
+        if not self.dead and not self.closing and self.tail.outer is outer:
+            self._uncovered_eof(outer)
         while self._held_writes and self.stopping is None and not self.dead:
             data = self._held_writes.popleft()
             self._held_size -= len(data)
             self.tail.outer.write(data)
         if self.closing:
             self._advance_close()
+
+    def _uncovered_eof(self, outer: Node | Head) -> None:
+        """After a pop, the node now innermost may have ended already: a
+        layer whose close_notify came while a layer was above it (it was not
+        the innermost then, so nobody was told), or the socket's EOF, which
+        came while layers were linked.  Its EOF is due now."""
+        if isinstance(outer, Layer):
+            if outer.state is LayerState.PEER_CLOSED:
+                self.tail.eof(outer)
+        elif self.peer_eof:
+            self.tail.eof(None)
 
     # -- outgoing flow --------------------------------------------------------
 
@@ -374,16 +447,20 @@ class Chain:
         if self.closing:
             self._advance_close()
         elif inner is self.tail:
-            self.tail.eof()
+            self.tail.eof(layer)
 
-    def after_eof(self, keep_open: bool) -> None:
-        """``eof_received`` returned ``keep_open``: a false value closes the
-        connection unless a stop_tls is pending (or already popped it)."""
+    def after_eof(self, keep_open: bool, layer: Layer | None) -> None:
+        """``eof_received`` returned ``keep_open`` for the close_notify of
+        ``layer`` (None: the socket's EOF in plaintext): a false value closes
+        the connection unless a stop_tls is pending or already popped it."""
         if keep_open or self.dead or self.closing or self.stopping is not None:
             return
-        innermost = self.innermost()
-        if innermost is not None and innermost.state is not LayerState.PEER_CLOSED:
-            return  # the app already popped the closed layer
+        if layer is not None and (
+            layer.state is not LayerState.PEER_CLOSED or layer is not self.innermost()
+        ):
+            # The app answered with stop_tls() (from eof_received or its
+            # backlog): the layer is popped, not the connection.
+            return
         self.close()
 
     def on_closed(self, layer: Layer) -> None:

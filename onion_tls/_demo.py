@@ -1,71 +1,41 @@
-"""``python -m onion_tls demo``: a nested-TLS echo over loopback.
+"""``python -m onion_tls demo``: a nested-TLS echo, on onion_tls streams.
 
-A server and a client on 127.0.0.1 push ``layers`` TLS layers one inside the
-other (certificates generated on the spot by trustme, a distinct identity per
-depth), exchange a message at every depth, then unwrap back to plaintext.
+Without ``--serve``/``--port``, a server and a client on 127.0.0.1 push
+``layers`` TLS layers one inside the other (certificates generated on the
+spot by trustme, a distinct identity per depth), exchange a message at every
+depth, then unwrap back to plaintext.
+
+With ``--serve`` (or a ``--port``), only the server runs, and waits for
+clients from this or another machine, e.g. ``python -m onion_tls client``.
+
+The echo server's protocol, line based, at any depth:
+
+* ``STARTTLS`` -> ``GO``, then a new layer (in ``mixed`` mode the roles swap
+  at even depths: the server is the TLS *client* there);
+* a TLS handshake record (a ClientHello) where a line would start -> a new
+  layer, server side, fed those bytes as ``initial_bytes``;
+* ``STOPTLS`` -> the server unwraps the innermost layer (it speaks first);
+* the peer's close_notify -> the server answers, and the layer is popped;
+* ``BYE`` -> close; any other line -> ``echo at depth N: <line>``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from ._transport import OnionTransport, wrap
-from ._view import TLSLayer
+from .errors import OnionError
+from .streams import StreamWriter, open_connection, start_server
 from .testing import Engine, OnionCA
 
-
-class _LineProtocol(asyncio.Protocol):
-    """Collects bytes; ``read_line`` waits for one line."""
-
-    def __init__(self) -> None:
-        self.transport: OnionTransport
-        self._buf = bytearray()
-        self._waiter: asyncio.Future[None] | None = None
-        self.closed: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, OnionTransport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self._buf += data
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self._wake()
-        # Inside TLS, the demo unwraps explicitly after each close_notify;
-        # in plaintext, EOF ends the connection.
-        return bool(self.transport.layers)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(exc)
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def take_buffer(self) -> bytes:
-        """What arrived after the last line: it belongs to the next layer."""
-        rest = bytes(self._buf)
-        self._buf.clear()
-        return rest
-
-    async def read_line(self) -> bytes:
-        while b"\n" not in self._buf:
-            if self.closed.done():
-                raise ConnectionError("connection closed")
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        line, _, rest = bytes(self._buf).partition(b"\n")
-        self._buf[:] = rest
-        return line
+if TYPE_CHECKING:
+    from ._view import TLSLayer
 
 
-def _describe(layer: TLSLayer) -> str:
+def describe(layer: TLSLayer) -> str:
+    """One line about a layer: depth, role, engine, version, cipher, peer."""
     from cryptography import x509
 
     cert = layer.peer_certificate
@@ -85,6 +55,112 @@ def _describe(layer: TLSLayer) -> str:
     )
 
 
+class DemoPlan:
+    """Which engine and which TLS role each side takes at each depth."""
+
+    def __init__(self, ca: OnionCA, engine: str) -> None:
+        self.ca = ca
+        self.engine = engine
+
+    def engine_for(self, depth: int, connecting_side: bool) -> Engine:
+        # In mixed mode each side of a layer uses a different engine than
+        # its peer, and the engines alternate with depth.
+        if self.engine in ("pyopenssl", "stdlib"):
+            return self.engine  # type: ignore[return-value]
+        return "pyopenssl" if (depth + connecting_side) % 2 else "stdlib"
+
+    def connecting_side_is_tls_server(self, depth: int) -> bool:
+        # In mixed mode the roles swap at every other depth too.
+        return self.engine == "mixed" and depth % 2 == 0
+
+    def push(
+        self, writer: StreamWriter, depth: int, connecting_side: bool, initial: bytes = b""
+    ) -> asyncio.Future[TLSLayer]:
+        """Push this side's layer of ``depth`` (a STARTTLS upgrade)."""
+        tls_server = self.connecting_side_is_tls_server(depth) == connecting_side
+        engine = self.engine_for(depth, connecting_side)
+        if tls_server:
+            return writer.start_tls(
+                self.ca.server_context(depth, engine), server_side=True, initial_bytes=initial
+            )
+        return writer.start_tls(
+            self.ca.client_context(engine),
+            server_side=False,
+            server_hostname=self.ca.hostname(depth),
+            initial_bytes=initial,
+        )
+
+
+class EchoServer:
+    """The demo's echo server (see the module docstring for its protocol)."""
+
+    def __init__(self, plan: DemoPlan, out: TextIO | None = None) -> None:
+        self.plan = plan
+        self.out = out  # per-connection log, in serve mode
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.peers: dict[StreamWriter, str] = {}
+
+    def log(self, writer: StreamWriter, text: str) -> None:
+        if self.out is not None:
+            print(f"[{self.peers.get(writer, '?')}] {text}", file=self.out, flush=True)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        peer = writer.get_extra_info("peername")
+        self.peers[writer] = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.log(writer, "connected")
+        try:
+            await self.serve(reader, writer)
+            self.log(writer, "closed")
+        except (ConnectionError, OnionError, asyncio.IncompleteReadError) as exc:
+            self.log(writer, f"connection ended: {exc}")
+        finally:
+            writer.close()
+            self.peers.pop(writer, None)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: StreamWriter) -> None:
+        plan = self.plan
+        while True:
+            first = await reader.read(1)
+            if not first:
+                if not writer.layers:
+                    return  # plaintext EOF: the end
+                # The peer's close_notify: answer it, and go on beneath.
+                popped = await writer.stop_tls()
+                self.log(writer, f"layer {popped.depth} unwrapped (the peer closed it)")
+                continue
+            depth = len(writer.layers) + 1
+            if first == b"\x16":
+                # A ClientHello where a line would start: the peer pushed a
+                # layer.  What was read of it goes to the new layer.
+                ctx = plan.ca.server_context(depth, plan.engine_for(depth, False))
+                layer = await writer.start_tls(
+                    ctx, server_side=True, initial_bytes=first + writer.take_buffered()
+                )
+                self.log(writer, "layer up: " + describe(layer))
+                continue
+            line = (first + await reader.readline()).rstrip(b"\r\n")
+            if line == b"STARTTLS":
+                writer.write(b"GO\n")
+                layer = await plan.push(writer, depth, connecting_side=False)
+                self.log(writer, "layer up: " + describe(layer))
+            elif line == b"STOPTLS":
+                popped = await writer.stop_tls()
+                self.log(writer, f"layer {popped.depth} unwrapped")
+            elif line == b"BYE":
+                return
+            else:
+                self.log(writer, f"echo at depth {depth - 1}: {line.decode(errors='replace')}")
+                writer.write(b"echo at depth %d: %s\n" % (depth - 1, line))
+
+    async def wait(self) -> None:
+        while self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
 async def run_demo(
     layers: int = 3,
     engine: str = "mixed",
@@ -93,90 +169,81 @@ async def run_demo(
     out: TextIO = sys.stdout,
 ) -> None:
     """Serve on ``host:port`` and connect to it with ``layers`` layers."""
-    ca = OnionCA()
-    loop = asyncio.get_running_loop()
-
-    def engine_for(depth: int, connecting_side: bool) -> Engine:
-        # In mixed mode each side of a layer uses a different engine than
-        # its peer, and the engines alternate with depth.
-        if engine in ("pyopenssl", "stdlib"):
-            return engine  # type: ignore[return-value]
-        return "pyopenssl" if (depth + connecting_side) % 2 else "stdlib"
-
-    def client_is_tls_server(depth: int) -> bool:
-        # In mixed mode the roles swap at every other depth too: the
-        # connecting side is the TLS server of layers 2, 4, ...
-        return engine == "mixed" and depth % 2 == 0
-
-    async def push(proto: _LineProtocol, depth: int, connecting_side: bool) -> TLSLayer:
-        t = proto.transport
-        # The peer may already have sent its first handshake bytes right
-        # behind the line we just read: they are given to the new layer
-        # explicitly, as initial_bytes.
-        early = proto.take_buffer()
-        tls_server = client_is_tls_server(depth) == connecting_side
-        if tls_server:
-            ctx = ca.server_context(depth, engine_for(depth, connecting_side))
-            return await t.start_tls(ctx, server_side=True, initial_bytes=early)
-        ctx = ca.client_context(engine_for(depth, connecting_side))
-        return await t.start_tls(ctx, server_hostname=ca.hostname(depth), initial_bytes=early)
-
-    async def serve(proto: _LineProtocol) -> None:
-        t = proto.transport
-        while True:
-            line = await proto.read_line()
-            if line == b"STARTTLS":
-                depth = len(t.layers) + 1
-                t.write(b"GO\n")
-                await push(proto, depth, connecting_side=False)
-            elif line == b"STOPTLS":
-                await t.stop_tls()
-            elif line == b"BYE":
-                t.close()
-                return
-            else:
-                t.write(b"echo at depth %d: %s\n" % (len(t.layers), line))
-
-    server_tasks: set[asyncio.Task[None]] = set()
-
-    def server_factory() -> _LineProtocol:
-        proto = _LineProtocol()
-        task = loop.create_task(_serve_later(proto))
-        server_tasks.add(task)
-        task.add_done_callback(server_tasks.discard)
-        return proto
-
-    async def _serve_later(proto: _LineProtocol) -> None:
-        await asyncio.sleep(0)
-        await serve(proto)
-
-    server = await loop.create_server(wrap(server_factory), host, port)
+    plan = DemoPlan(OnionCA(), engine)
+    echo = EchoServer(plan)
+    server = await start_server(echo.handle, host, port)
     bound = server.sockets[0].getsockname()
     print(f"onion_tls demo: echo server on {bound[0]}:{bound[1]}", file=out)
     try:
-        _, onion = await loop.create_connection(wrap(_LineProtocol), bound[0], bound[1])
-        client: _LineProtocol = onion.transport.get_protocol()  # type: ignore[assignment]
-        t = client.transport
+        reader, writer = await open_connection(bound[0], bound[1])
         for depth in range(1, layers + 1):
-            t.write(b"STARTTLS\n")
-            assert await client.read_line() == b"GO"
-            layer = await push(client, depth, connecting_side=True)
-            print("  wrapped  " + _describe(layer), file=out)
-            t.write(b"hello from inside %d layer(s)\n" % depth)
-            print("    " + (await client.read_line()).decode(), file=out)
+            writer.write(b"STARTTLS\n")
+            assert await reader.readline() == b"GO\n"
+            # The peer may already have sent its first handshake bytes right
+            # behind GO (it is the TLS client at some depths): they are given
+            # to the new layer explicitly.
+            early = writer.take_buffered()
+            layer = await plan.push(writer, depth, connecting_side=True, initial=early)
+            print("  wrapped  " + describe(layer), file=out)
+            writer.write(b"hello from inside %d layer(s)\n" % depth)
+            print("    " + (await reader.readline()).decode().rstrip(), file=out)
         for _ in range(layers):
-            t.write(b"STOPTLS\n")
-            popped = await t.stop_tls()
-            t.write(b"back to %d layer(s)\n" % len(t.layers))
-            print(
-                f"  unwrapped depth {popped.depth}: " + (await client.read_line()).decode(),
-                file=out,
-            )
-        t.write(b"BYE\n")
-        await client.closed
+            writer.write(b"STOPTLS\n")
+            popped = await writer.stop_tls()
+            writer.write(b"back to %d layer(s)\n" % len(writer.layers))
+            line = (await reader.readline()).decode().rstrip()
+            print(f"  unwrapped depth {popped.depth}: {line}", file=out)
+        writer.write(b"BYE\n")
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
         print("onion_tls demo: done, every layer wrapped and unwrapped", file=out)
     finally:
         server.close()
         await server.wait_closed()
-        for task in list(server_tasks):
-            await task
+        await echo.wait()
+
+
+async def serve_demo(
+    port: int,
+    host: str,
+    engine: str,
+    ca_path: str,
+    out: TextIO = sys.stdout,
+    ready: asyncio.Future[int] | None = None,
+) -> None:
+    """Serve the echo server until cancelled (Ctrl-C)."""
+    ca = OnionCA()
+    ca.write_ca_pem(ca_path)
+    echo = EchoServer(DemoPlan(ca, engine), out=out)
+    server = await start_server(echo.handle, host, port)
+    bound = server.sockets[0].getsockname()
+    shown = "HOST" if bound[0] in ("0.0.0.0", "::") else bound[0]
+    print(
+        f"onion_tls demo server: listening on {bound[0]}:{bound[1]}\n"
+        f"  CA certificate: {os.path.abspath(ca_path)} (copy it to the client's machine)\n"
+        f"  the server of depth N presents the name layerN.onion.test\n"
+        f"  connect with:\n"
+        f"    python -m onion_tls client {shown}:{bound[1]} --cafile {ca_path} \\\n"
+        f"        --tls layer1.onion.test --tls layer2.onion.test\n"
+        f"  then type 'send hello', 'pop', 'push layer2.onion.test', 'quit'.",
+        file=out,
+        flush=True,
+    )
+    if bound[0] in ("127.0.0.1", "::1", "localhost"):
+        print(
+            "  (only this machine can connect: --host 0.0.0.0 accepts others)",
+            file=out,
+            flush=True,
+        )
+    print("waiting for connections (Ctrl-C to stop)", file=out, flush=True)
+    if ready is not None:
+        ready.set_result(bound[1])
+    try:
+        await asyncio.Event().wait()
+    finally:
+        server.close()
+        for task in list(echo.tasks):
+            task.cancel()
+        await echo.wait()
+        await server.wait_closed()

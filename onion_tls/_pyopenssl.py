@@ -1,23 +1,57 @@
 """The pyOpenSSL engine: ``OpenSSL.SSL.Connection(context, None)`` (sans-IO).
 
 The connection owns two memory BIOs: ``bio_write`` feeds the peer's
-ciphertext in, ``bio_read`` takes ours out.  pyOpenSSL does not check the
-server's name, so a client layer with ``server_hostname`` installs a verify
-callback on its own connection (the caller's context is not touched): the
-chain is checked by OpenSSL against the context's trust store, and the leaf
-certificate's name by ``service_identity``, during the handshake, so a
-mismatch makes OpenSSL send the peer a ``bad_certificate`` alert.
+ciphertext in, ``bio_read`` takes ours out.
+
+Verification.  pyOpenSSL does not check the server's name, so a client layer
+with ``server_hostname`` installs a verify callback on its own connection
+(the caller's context is not touched): the chain is checked by OpenSSL
+against the context's trust store, and the leaf certificate's name (or IP
+address, when ``server_hostname`` is one) by ``service_identity``, during the
+handshake, so a mismatch fails the handshake before the client's Finished
+and OpenSSL sends the peer an alert (``internal_error`` for a name mismatch:
+pyOpenSSL offers no public way to set the X509 error a verify callback
+reports; the stdlib engine sends ``bad_certificate``).  That callback
+replaces, for this connection, a verify callback set on the context, and
+verifies even if the context says ``VERIFY_NONE`` (there is no
+``check_hostname`` to turn off).  Without ``server_hostname`` the context's
+own settings apply.
+
+Resumption.  pyOpenSSL has no public ``SSL_session_reused``; the connection's
+info callback tells instead: a full handshake moves the server's certificate
+(the client reads it, the server writes it), a resumed one does not.  The
+same callback sees TLS 1.3 tickets arrive (after the handshake) and the
+alerts both ways, for the log.  It replaces, for this connection, an info
+callback set on the context.
+
+``SSLKEYLOGFILE``.  OpenSSL has key logging only per context, so when the
+variable is set the engine installs its key-log callback on the context
+(replacing one set there) at the context's first layer: pyOpenSSL forbids
+changing a context after a connection was made from it, so a context already
+used elsewhere first cannot get it (a warning says so).  The callback appends
+to the file named by the variable at the time of each line, and stops
+writing when the variable is unset.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
 
-from ._engine import EngineError, PeerClosed, keylog_path, peercert_dict, verify_error_text
+from . import _log
+from ._engine import (
+    ClientHelloSNI,
+    EngineError,
+    PeerClosed,
+    keylog_path,
+    peercert_dict,
+    verify_error_text,
+)
+from ._log import logger
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -29,6 +63,18 @@ __all__ = ["PyOpenSSLEngine"]
 # always empties it (a 64 KiB write gives ~64.1 KiB of records).
 _OUT_CHUNK = 256 * 1024
 _keylog_lock = threading.Lock()
+
+# Info-callback states that only a full handshake goes through (the server's
+# Certificate message, plain or compressed - RFC 8879, OpenSSL >= 3.2).
+_CLIENT_FULL = frozenset(
+    {b"SSLv3/TLS read server certificate", b"TLSv1.3 read server compressed certificate"}
+)
+_SERVER_FULL = frozenset(
+    {b"SSLv3/TLS write certificate", b"TLSv1.3 write server compressed certificate"}
+)
+_TICKET_READ = b"SSLv3/TLS read server session ticket"
+_ALERT_READ = SSL.SSL_CB_READ_ALERT
+_ALERT_WRITE = SSL.SSL_CB_WRITE_ALERT
 
 
 def _ssl_error_text(exc: SSL.Error) -> tuple[str, bool]:
@@ -66,9 +112,14 @@ class PyOpenSSLEngine:
         self._context = context
         self.server_side = server_side
         self.server_hostname = server_hostname
+        self.depth = 0
         self._verify_failure: str | None = None
+        self._handshake_done = False
         self._full_handshake = False
-        self._session_offered = session is not None
+        self._tickets = 0
+        self._sni = ClientHelloSNI() if server_side else None
+        if keylog_path() is not None:
+            _install_keylog(context)  # before the Connection: see _install_keylog
         conn = SSL.Connection(context, None)
         self._conn = conn
         # TLS 1.2 renegotiation is refused: a renegotiated session could change
@@ -81,18 +132,17 @@ class PyOpenSSLEngine:
             conn.set_connect_state()
             if server_hostname:
                 if not _is_ip(server_hostname):
+                    # RFC 6066: no SNI for an address literal.
                     conn.set_tlsext_host_name(server_hostname.encode("idna"))
                 mode = context.get_verify_mode() | SSL.VERIFY_PEER
                 conn.set_verify(mode, self._verify)
             if session is not None:
                 if not isinstance(session, SSL.Session):
                     raise TypeError(
-                        "a pyOpenSSL layer resumes an OpenSSL.SSL.Session, "
-                        f"not {type(session).__name__}"
+                        "a pyOpenSSL layer resumes an OpenSSL.SSL.Session (the "
+                        f"session of an earlier pyOpenSSL layer), not {type(session).__name__}"
                     )
                 conn.set_session(session)
-        if keylog_path() is not None:
-            context.set_keylog_callback(_write_keylog)
 
     # -- verification -------------------------------------------------------
 
@@ -111,26 +161,34 @@ class PyOpenSSLEngine:
             )
 
             leaf = cert.to_cryptography()
+            is_ip = _is_ip(self.server_hostname)
             try:
-                if _is_ip(self.server_hostname):
+                if is_ip:
                     verify_certificate_ip_address(leaf, self.server_hostname)
                 else:
                     verify_certificate_hostname(leaf, self.server_hostname)
             except (VerificationError, CertificateError) as exc:
+                what = "IP address" if is_ip else "hostname"
+                detail = "" if isinstance(exc, VerificationError) else f" ({exc})"
                 self._verify_failure = (
-                    f"hostname mismatch: certificate is not valid for "
-                    f"{self.server_hostname!r} ({exc})"
+                    f"{what} mismatch: certificate is not valid for "
+                    f"{self.server_hostname!r}{detail}"
                 )
                 return False
         return True
 
     def _on_info(self, conn: SSL.Connection, where: int, ret: int) -> None:
-        # A full handshake moves the server's certificate; a resumed one does
-        # not.  This is the only public way pyOpenSSL tells resumption.
         if where & SSL.SSL_CB_LOOP:
             state = conn.get_state_string()
-            if state in (b"SSLv3/TLS read server certificate", b"SSLv3/TLS write certificate"):
+            if state in (_SERVER_FULL if self.server_side else _CLIENT_FULL):
                 self._full_handshake = True
+            elif state == _TICKET_READ:
+                self._tickets += 1
+        elif where & SSL.SSL_CB_ALERT:
+            if (where & _ALERT_READ) == _ALERT_READ:
+                logger.debug("layer %d: alert received: %s", self.depth, _log.alert_text(ret))
+            elif (where & _ALERT_WRITE) == _ALERT_WRITE:
+                logger.debug("layer %d: alert sent: %s", self.depth, _log.alert_text(ret))
 
     def _error(self, exc: SSL.Error) -> EngineError:
         text, alert = _ssl_error_text(exc)
@@ -148,6 +206,9 @@ class PyOpenSSLEngine:
     # -- the engine interface -------------------------------------------------
 
     def feed(self, data: bytes | memoryview) -> None:
+        sni = self._sni
+        if sni is not None and not sni.done:
+            sni.feed(data)
         self._conn.bio_write(data)
 
     def do_handshake(self) -> bool:
@@ -161,11 +222,12 @@ class PyOpenSSLEngine:
             raise EngineError(f"handshake failed ({exc})") from None
         except SSL.Error as exc:
             raise self._error(exc) from None
+        self._handshake_done = True
         return True
 
     def read(self, max_bytes: int) -> bytes:
         try:
-            return self._conn.recv(max_bytes)
+            data = self._conn.recv(max_bytes)
         except SSL.WantReadError:
             return b""
         except SSL.ZeroReturnError:
@@ -174,14 +236,20 @@ class PyOpenSSLEngine:
             raise EngineError(f"read failed ({exc})") from None
         except SSL.Error as exc:
             raise self._error(exc) from None
+        if _log.switch.on:
+            _log.payload(self.depth, "decrypted", data)
+        return data
 
     def write(self, data: bytes | memoryview) -> int:
         try:
-            return self._conn.send(data)
+            n = self._conn.send(data)
         except SSL.WantReadError:
             return 0
         except SSL.Error as exc:
             raise self._error(exc) from None
+        if _log.switch.on:
+            _log.payload(self.depth, "encrypted", data[:n])
+        return n
 
     def shutdown(self) -> None:
         try:
@@ -203,10 +271,11 @@ class PyOpenSSLEngine:
     # -- what the layer view reports ------------------------------------------
 
     def requested_server_name(self) -> str | None:
-        name = self._conn.get_servername()
-        return name.decode("idna") if name else None
+        return self._sni.name if self._sni is not None else None
 
     def version(self) -> str | None:
+        if not self._handshake_done:
+            return None  # OpenSSL names the version it offers while handshaking
         name = self._conn.get_protocol_version_name()
         return None if name in ("", "Unknown") else name
 
@@ -215,6 +284,9 @@ class PyOpenSSLEngine:
         if name is None:
             return None
         return (name, self._conn.get_cipher_version() or "", self._conn.get_cipher_bits() or 0)
+
+    def compression(self) -> str | None:
+        return None  # not exposed by pyOpenSSL; OpenSSL turns TLS compression off by default
 
     def alpn_protocol(self) -> str | None:
         proto = self._conn.get_alpn_proto_negotiated()
@@ -225,13 +297,22 @@ class PyOpenSSLEngine:
 
     def peercert(self) -> dict[str, Any] | None:
         cert = self.peer_certificate()
-        return None if cert is None else peercert_dict(cert)
+        if cert is None:
+            return None
+        # As getpeercert(): an unverified certificate's fields are not shown.
+        if not self._conn.get_verify_mode() & SSL.VERIFY_PEER:
+            return {}
+        return peercert_dict(cert)
 
     def session(self) -> object | None:
+        if self.server_side or not self._handshake_done:
+            return None
+        if self.version() == "TLSv1.3" and not self._tickets:
+            return None  # no ticket yet: nothing to resume with
         return self._conn.get_session()
 
     def session_reused(self) -> bool:
-        return self.version() is not None and not self._full_handshake
+        return self._handshake_done and not self._full_handshake
 
     @property
     def ssl_object(self) -> SSL.Connection:
@@ -251,6 +332,29 @@ def _verify_result(conn: SSL.Connection) -> int:
         return int(lib.SSL_get_verify_result(conn._ssl))
     except Exception:  # noqa: BLE001 - only ever costs the detail
         return 0
+
+
+# The contexts that carry our key-log callback.
+_keylog_contexts: weakref.WeakSet[SSL.Context] = weakref.WeakSet()
+
+
+def _install_keylog(context: SSL.Context) -> None:
+    # pyOpenSSL (>= 25) refuses to change a context once a Connection was
+    # made from it, so the callback goes in at the context's first layer.  A
+    # context used for a connection before that cannot get it any more.
+    if context in _keylog_contexts:
+        return
+    try:
+        context.set_keylog_callback(_write_keylog)
+    except ValueError as exc:
+        logger.warning(
+            "SSLKEYLOGFILE is set but this pyOpenSSL context cannot log keys (%s): "
+            "give onion_tls a context not yet used for a connection, or set its "
+            "keylog callback yourself",
+            exc,
+        )
+        return
+    _keylog_contexts.add(context)
 
 
 def _write_keylog(conn: SSL.Connection, line: bytes) -> None:

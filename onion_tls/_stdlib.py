@@ -1,9 +1,23 @@
 """The stdlib engine: ``ssl.SSLContext.wrap_bio`` over two ``ssl.MemoryBIO``
 (sans-IO).
 
-Hostname checking is the context's own: a client context with
-``check_hostname`` (as ``ssl.create_default_context()`` gives) checks
-``server_hostname`` during the handshake.
+Verification is the context's own: a client context with ``check_hostname``
+(as ``ssl.create_default_context()`` and ``ssl.PROTOCOL_TLS_CLIENT`` give)
+checks ``server_hostname`` - a name, or an IP address - during the
+handshake; a context without it does not.
+
+Resumption: ``ssl`` only resumes a session made by the same
+``SSLContext``, and TLS 1.3 sessions become resumable when the server's
+ticket arrives, after the handshake.
+
+``SSLKEYLOGFILE``: when the variable is set and the context has no
+``keylog_filename`` of its own, the engine sets ``context.keylog_filename``
+(what ``ssl.create_default_context()`` does at creation); from then on every
+connection made with that context logs its secrets there.
+
+The views' answers keep the stdlib's own values: ``peercert`` is exactly
+``getpeercert()`` (``{}`` for a peer that was not verified), ``cipher`` is
+``cipher()``, as asyncio's TLS transport gives them.
 """
 
 from __future__ import annotations
@@ -11,7 +25,16 @@ from __future__ import annotations
 import ssl
 from typing import TYPE_CHECKING, Any
 
-from ._engine import EngineError, PeerClosed, keylog_path, peercert_dict
+from . import _log
+from ._engine import (
+    NAME_MISMATCH_CODES,
+    ClientHelloSNI,
+    EngineError,
+    PeerClosed,
+    keylog_path,
+    verify_error_text,
+)
+from ._log import logger
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -21,9 +44,13 @@ __all__ = ["StdlibEngine"]
 
 def _ssl_error_text(exc: ssl.SSLError) -> tuple[str, bool]:
     if isinstance(exc, ssl.SSLCertVerificationError):
-        msg = exc.verify_message or "certificate verify failed"
-        if exc.verify_code == 62:
-            msg = f"hostname mismatch: {msg}"
+        code = exc.verify_code
+        msg = verify_error_text(code) if code else (exc.verify_message or "unknown reason")
+        if code in NAME_MISMATCH_CODES and exc.verify_message:
+            # e.g. "Hostname mismatch, certificate is not valid for 'x'."
+            detail = exc.verify_message.partition(", ")[2].rstrip(".")
+            if detail:
+                msg = f"{msg}: {detail}"
         return f"certificate verify failed: {msg}", False
     reason = exc.reason or ""
     if reason:
@@ -46,6 +73,8 @@ class StdlibEngine:
         self._context = context
         self.server_side = server_side
         self.server_hostname = server_hostname
+        self.depth = 0
+        self._sni = ClientHelloSNI() if server_side else None
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         if session is not None and not isinstance(session, ssl.SSLSession):
@@ -55,21 +84,38 @@ class StdlibEngine:
         path = keylog_path()
         if path is not None and context.keylog_filename is None:
             context.keylog_filename = path
-        self._obj = context.wrap_bio(
-            self._in,
-            self._out,
-            server_side=server_side,
-            server_hostname=server_hostname,
-            session=session,
-        )
+        try:
+            self._obj = context.wrap_bio(
+                self._in,
+                self._out,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                session=session,
+            )
+        except ValueError as exc:
+            if session is None:
+                raise
+            raise ValueError(
+                f"{exc} A stdlib layer resumes only a session made with the same SSLContext."
+            ) from None
+        if not server_side and not server_hostname and context.check_hostname:
+            # ssl.SSLObject would handshake without checking any name
+            # (SSLSocket and asyncio refuse this): never verify less than
+            # the context asks for.
+            raise ValueError("check_hostname requires server_hostname")
 
     def _error(self, exc: ssl.SSLError) -> EngineError:
         text, alert = _ssl_error_text(exc)
+        if alert:
+            logger.debug("layer %d: alert received: %s", self.depth, text)
         return EngineError(text, alert_received=alert)
 
     # -- the engine interface -------------------------------------------------
 
     def feed(self, data: bytes | memoryview) -> None:
+        sni = self._sni
+        if sni is not None and not sni.done:
+            sni.feed(data)
         self._in.write(data)
 
     def do_handshake(self) -> bool:
@@ -89,23 +135,30 @@ class StdlibEngine:
         except ssl.SSLWantReadError:
             return b""
         except ssl.SSLZeroReturnError:
-            raise PeerClosed from None
+            data = b""
         except ssl.SSLError as exc:
             raise self._error(exc) from None
         if not data:
             # SSLObject.read() reports the peer's close_notify as b"".
+            logger.debug("layer %d: alert received: warning close_notify", self.depth)
             raise PeerClosed
+        if _log.switch.on:
+            _log.payload(self.depth, "decrypted", data)
         return data
 
     def write(self, data: bytes | memoryview) -> int:
         try:
-            return self._obj.write(data)
+            n = self._obj.write(data)
         except ssl.SSLWantReadError:
             return 0
         except ssl.SSLError as exc:
             raise self._error(exc) from None
+        if _log.switch.on:
+            _log.payload(self.depth, "encrypted", data[:n])
+        return n
 
     def shutdown(self) -> None:
+        logger.debug("layer %d: alert sent: warning close_notify", self.depth)
         try:
             self._obj.unwrap()
         except ssl.SSLWantReadError:
@@ -119,14 +172,16 @@ class StdlibEngine:
     # -- what the layer view reports ------------------------------------------
 
     def requested_server_name(self) -> str | None:
-        # ssl.SSLObject shows the client's SNI only to an sni_callback.
-        return self.server_hostname
+        return self._sni.name if self._sni is not None else None
 
     def version(self) -> str | None:
         return self._obj.version()
 
     def cipher(self) -> tuple[str, str, int] | None:
         return self._obj.cipher()
+
+    def compression(self) -> str | None:
+        return self._obj.compression()
 
     def alpn_protocol(self) -> str | None:
         return self._obj.selected_alpn_protocol()
@@ -140,16 +195,15 @@ class StdlibEngine:
         return _x509.load_der_x509_certificate(der)
 
     def peercert(self) -> dict[str, Any] | None:
-        info = self._obj.getpeercert()
-        if info:
-            return dict(info)
-        # Unverified peers (CERT_NONE) give {} from the stdlib; build the
-        # same dict the pyOpenSSL engine gives, so both engines answer alike.
-        cert = self.peer_certificate()
-        return None if cert is None else peercert_dict(cert)
+        return self._obj.getpeercert()
 
     def session(self) -> object | None:
-        return self._obj.session
+        if self.server_side or self.version() is None:
+            return None
+        session = self._obj.session
+        if session is not None and self.version() == "TLSv1.3" and not session.has_ticket:
+            return None  # no ticket yet: nothing to resume with
+        return session
 
     def session_reused(self) -> bool:
         return bool(self._obj.session_reused)

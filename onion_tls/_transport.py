@@ -114,20 +114,20 @@ class OnionProtocol(asyncio.Protocol):
             self._grace.cancel()
             self._grace = None
         err = self._error if self._error is not None else exc
-        if (
-            isinstance(err, (BrokenPipeError, ConnectionResetError))
-            and self._peer_eof
-            and chain.closing
+        if isinstance(err, (BrokenPipeError, ConnectionResetError)) and (
+            chain.clean_eof
+            or (chain.closing and (self._peer_eof or chain.peer_closed_every_layer()))
         ):
-            # The peer had closed cleanly (EOF after every close_notify) and
-            # was gone before our answering close_notify got there: that is
-            # still a clean close.
+            # The peer had closed cleanly (close_notify on every layer, then
+            # EOF) and was gone before our answering close_notify (from
+            # close() or stop_tls()) got there: that is still a clean close,
+            # even if the reset overtook the EOF.
             err = None
         if err is None and (self._starts or self._stop is not None):
             err = OnionError("the connection was closed while a layer was changing")
         self._fail_futures(err)
         # Data that was decrypted before the end still reaches the app.
-        if not chain.tail.paused:
+        if not chain.tail.paused and not chain.closing:
             for item in tuple(chain.tail.backlog):
                 if isinstance(item, bytes):
                     self.deliver_data(item)
@@ -188,12 +188,15 @@ class OnionProtocol(asyncio.Protocol):
             timer.cancel()
         engine = layer.engine
         logger.debug(
-            "layer %d: handshake done (%s, %s, %s, resumed=%s)",
+            "layer %d: handshake done (%s, %s, %s, %s, resumed=%s, alpn=%s, sni=%s)",
             layer.depth,
             "server" if engine.server_side else "client",
+            engine.engine_name,
             engine.version(),
             (engine.cipher() or ("?",))[0],
             engine.session_reused(),
+            engine.alpn_protocol(),
+            engine.requested_server_name() if engine.server_side else engine.server_hostname,
         )
         if fut is not None and not fut.done():
             fut.set_result(layer.view)  # type: ignore[arg-type]
@@ -210,7 +213,7 @@ class OnionProtocol(asyncio.Protocol):
             fut.set_result(layer.view)  # type: ignore[arg-type]
 
     def failed(self, exc: OnionError) -> None:
-        logger.debug("%s", exc)
+        logger.debug("failed: %s", exc)
         self._error = exc
         self._fail_futures(exc)
         raw = self._raw
@@ -297,6 +300,7 @@ class OnionProtocol(asyncio.Protocol):
             session=session,
         )
         layer = self._chain.push(engine)
+        engine.depth = layer.depth
         layer.view = TLSLayer(layer)
         fut: asyncio.Future[TLSLayer] = loop.create_future()
         fut.add_done_callback(_retrieve)
@@ -348,6 +352,7 @@ class OnionProtocol(asyncio.Protocol):
 
     def _abort(self) -> None:
         self._chain.mark_dead()
+        self._chain.tail.backlog.clear()  # nothing more reaches the app
         if self._error is None:
             self._error = None
         self._fail_futures(OnionError("the connection was aborted"))
@@ -608,6 +613,7 @@ _LAYER_KEYS: dict[str, Callable[[Layer], object]] = {
     "ssl_object": lambda layer: layer.engine.ssl_object,
     "peercert": lambda layer: layer.engine.peercert(),
     "cipher": _cipher,
+    "compression": lambda layer: layer.engine.compression(),
     "sslcontext": lambda layer: layer.engine.context,
     "ssl_version": lambda layer: layer.engine.version(),
     "tls_layer": lambda layer: layer.view,

@@ -19,6 +19,24 @@ class TLSLayer:
     result), :meth:`OnionTransport.stop_tls` and
     :attr:`OnionTransport.layers`; they are not built by users.  The view
     stays readable after the layer is popped.
+
+    Every property answers the same way whichever engine runs the layer
+    (``ssl.SSLContext`` -> ``"stdlib"``, ``OpenSSL.SSL.Context`` ->
+    ``"pyopenssl"``).  Where the engines differ:
+
+    * Name checking: a stdlib client layer checks ``server_hostname`` when
+      its context says ``check_hostname``; a pyOpenSSL client layer given a
+      ``server_hostname`` always checks the chain and the name (or IP
+      address), whatever the context's verify mode.
+    * ``session`` resumes only within one engine; a stdlib session only with
+      the same ``SSLContext`` that made it.
+    * pyOpenSSL layers install their own verify callback (when given a
+      ``server_hostname``) and info callback on their connection, replacing
+      for that connection those set on the context.
+    * ``SSLKEYLOGFILE``: stdlib layers set the context's
+      ``keylog_filename`` (unless it has one); pyOpenSSL layers install a
+      key-log callback on the context, which pyOpenSSL allows only before
+      the context's first connection.
     """
 
     __slots__ = ("_layer",)
@@ -44,8 +62,10 @@ class TLSLayer:
 
     @property
     def server_hostname(self) -> str | None:
-        """The name a client layer asked for (SNI) and checked; on a server
-        layer, the name the client asked for, if any."""
+        """On a client layer, the name given to ``start_tls`` (sent as SNI
+        unless it is an IP address, and checked against the certificate).
+        On a server layer, the host name the client sent as SNI (read from
+        its ClientHello, as sent: an IDN in its ``xn--`` form), or None."""
         engine = self._layer.engine
         if engine.server_side:
             return engine.requested_server_name()
@@ -84,12 +104,19 @@ class TLSLayer:
 
     @property
     def session(self) -> object | None:
-        """Pass to ``start_tls(session=...)`` to resume this session."""
+        """Pass to ``start_tls(session=...)`` on a later client layer (same
+        engine; for stdlib, same context) to resume this session.
+
+        None on a server layer, before the handshake is done, and - in TLS
+        1.3 - until the server's ticket has arrived: tickets come after the
+        handshake, so take the session once some data has come back from
+        the server."""
         return self._layer.engine.session()
 
     @property
     def session_reused(self) -> bool:
-        """True when this layer's handshake resumed an earlier session."""
+        """True when this layer's handshake resumed an earlier session
+        (both ends of the layer agree)."""
         return self._layer.engine.session_reused()
 
     @property

@@ -35,7 +35,7 @@ class OnionError(Exception):
     def __init__(self, reason: str, *, depth: int | None = None) -> None:
         self.depth = depth
         self.reason = reason
-        where = f"TLS layer {depth}" if depth is not None else "onion connection"
+        where = f"TLS layer {depth} (depth {depth})" if depth is not None else "onion connection"
         super().__init__(f"{where}: {reason}")
 
 

@@ -5,15 +5,22 @@
 * :func:`memory_pair` - two onion stacks connected in memory (no sockets),
   with a :class:`MemoryPipe` you can let run by itself or step by hand, and
   a chunker to dribble the byte stream one byte (or any split) at a time.
+* :func:`stream_pair` - the same with onion_tls streams on both ends
+  (``asyncio.StreamReader`` + :class:`onion_tls.StreamWriter`), optionally
+  with your server handler on one end.
+
+The pytest plugin (:mod:`onion_tls.pytest_plugin`) exposes these as
+fixtures: ``onion_ca``, ``onion_engine``, ``onion_pair``.
 
 Example::
 
     async def test_two_layers(onion_ca):
-        pair = await memory_pair(EchoClient, EchoServer)
+        pair = await stream_pair()
         for depth in (1, 2):
-            await pair.start_tls(onion_ca, depth)
-        pair.client.transport.write(b"ping")
-        ...
+            await pair.start_tls(onion_ca)
+        pair.client.writer.write(b"ping\n")
+        assert await pair.server.reader.readline() == b"ping\n"
+        await pair.aclose()
 """
 
 from __future__ import annotations
@@ -21,17 +28,19 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Generator, Iterable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import trustme
 
 from ._transport import OnionProtocol, OnionTransport
+from .errors import OnionError
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
 
     from ._view import TLSLayer
+    from .streams import ClientConnectedCallback, StreamWriter
 
 __all__ = [
     "ENGINES",
@@ -39,8 +48,12 @@ __all__ = [
     "MemoryPipe",
     "MemoryTransport",
     "OnionCA",
+    "OnionPair",
+    "Stream",
+    "StreamPair",
     "dribble",
     "memory_pair",
+    "stream_pair",
 ]
 
 Engine = Literal["pyopenssl", "stdlib"]
@@ -67,7 +80,18 @@ class OnionCA:
 
     @staticmethod
     def hostname(depth: int) -> str:
+        """The server name of ``depth`` (what its certificate is for)."""
         return f"layer{depth}.onion.test"
+
+    @property
+    def cert_pem(self) -> bytes:
+        """The CA certificate (PEM): what a peer must trust."""
+        return bytes(self.ca.cert_pem.bytes())
+
+    def write_ca_pem(self, path: str) -> None:
+        """Write the CA certificate to ``path`` (for ``--cafile`` and the
+        like)."""
+        self.ca.cert_pem.write_to_path(path)
 
     def server_cert(self, depth: int) -> trustme.LeafCert:
         name = self.hostname(depth)
@@ -199,6 +223,7 @@ class MemoryTransport(asyncio.Transport):
         self._out_size = 0
         self._closing = False
         self._eof_written = False
+        self._eof_sent = False
         self._lost = False
         self._reading = True
         self._inbox: deque[bytes | None] = deque()
@@ -359,15 +384,11 @@ class MemoryPipe:
         if src._lost:
             return False
         if src.outgoing and dst._lost:
-            # The peer's socket is gone.  A closing socket is done once its
-            # buffer is handed over; a live one gets the peer's RST.
+            # Like a socket whose peer is gone: the bytes are dropped, and a
+            # close() still completes.
             src.outgoing.clear()
             src._out_size = 0
-            if src._closing:
-                self._connection_lost(src, None)
-            else:
-                self._reset(src)
-            return True
+            src._maybe_pause()
         if src.outgoing and dst._reading and not dst._lost:
             if self.coalesce:
                 data = b"".join(src.outgoing)
@@ -385,14 +406,18 @@ class MemoryPipe:
             return True
         if src.outgoing:
             return False
-        if (src._eof_written or src._closing) and not getattr(src, "_eof_sent", False):
-            src._eof_sent = True  # type: ignore[attr-defined]
+        if (src._eof_written or src._closing) and not src._eof_sent:
+            src._eof_sent = True
             if not dst._lost:
                 keep = dst.protocol.eof_received()  # type: ignore[union-attr]
                 if not keep:
                     dst.close()
             if src._closing:
                 self._connection_lost(src, None)
+            return True
+        if src._closing and src._eof_sent:
+            # close() after write_eof(): the EOF has gone already.
+            self._connection_lost(src, None)
             return True
         return False
 
@@ -454,17 +479,18 @@ class OnionPair:
         ``swap_roles`` the "client" application is the TLS server of this
         layer.
         """
-        if depth is None:
-            depth = len(self.client.layers) + 1
-        tls_client, tls_server = (
-            (self.server, self.client) if swap_roles else (self.client, self.server)
+        return await _push_both(
+            ca,
+            self.client,
+            self.server,
+            depth=len(self.client.layers) + 1 if depth is None else depth,
+            client_engine=client_engine,
+            server_engine=server_engine,
+            swap_roles=swap_roles,
+            version=version,
+            mutual=mutual,
+            alpn=None,
         )
-        sctx = ca.server_context(depth, server_engine, version=version, require_client_cert=mutual)
-        cctx = ca.client_context(client_engine, version=version, depth=depth if mutual else None)
-        fs = tls_server.start_tls(sctx, server_side=True)
-        fc = tls_client.start_tls(cctx, server_hostname=ca.hostname(depth))
-        lc, ls = await asyncio.gather(fc, fs)
-        return (ls, lc) if swap_roles else (lc, ls)
 
     async def stop_tls(self) -> tuple[TLSLayer, TLSLayer]:
         """Pop the innermost layer on both sides (the client speaks first)."""
@@ -488,3 +514,201 @@ async def memory_pair(
     server = OnionProtocol(server_factory())
     pipe.connect(client, server)
     return OnionPair(pipe, client, server)
+
+
+class _TLSStarter(Protocol):
+    # What both OnionTransport and StreamWriter offer.
+    def start_tls(
+        self, context: Any, *, server_side: bool = ..., server_hostname: str | None = ...
+    ) -> asyncio.Future[TLSLayer]: ...
+
+
+async def _push_both(
+    ca: OnionCA,
+    client: _TLSStarter,
+    server: _TLSStarter,
+    *,
+    depth: int,
+    client_engine: Engine,
+    server_engine: Engine,
+    swap_roles: bool,
+    version: str | None,
+    mutual: bool,
+    alpn: Iterable[str] | None,
+) -> tuple[TLSLayer, TLSLayer]:
+    tls_client, tls_server = (server, client) if swap_roles else (client, server)
+    sctx = ca.server_context(
+        depth, server_engine, version=version, require_client_cert=mutual, alpn=alpn
+    )
+    cctx = ca.client_context(
+        client_engine, version=version, depth=depth if mutual else None, alpn=alpn
+    )
+    fs = tls_server.start_tls(sctx, server_side=True)
+    fc = tls_client.start_tls(cctx, server_side=False, server_hostname=ca.hostname(depth))
+    lc, ls = await asyncio.gather(fc, fs)
+    return (ls, lc) if swap_roles else (lc, ls)
+
+
+# -- streams in memory ----------------------------------------------------------
+
+
+class Stream(NamedTuple):
+    """One end of a :class:`StreamPair`; unpacks as ``reader, writer``."""
+
+    reader: asyncio.StreamReader
+    writer: StreamWriter
+
+
+class StreamPair:
+    """Two onion_tls stream ends joined by a :class:`MemoryPipe`.
+
+    ``client`` and ``server`` are :class:`Stream` tuples.  When the pair was
+    made with a ``handler``, the server end belongs to it (it runs as
+    :attr:`server_task`); :meth:`start_tls` still pushes the server side of
+    each layer unless you let the handler do it.
+
+    Use it as an async context manager, or call :meth:`aclose` at the end.
+    """
+
+    def __init__(
+        self, pipe: MemoryPipe, client: Stream, server: Stream, task: asyncio.Task[None] | None
+    ) -> None:
+        self.pipe = pipe
+        self.client = client
+        self.server = server
+        self.server_task = task
+
+    async def start_tls(
+        self,
+        ca: OnionCA,
+        depth: int | None = None,
+        *,
+        engine: Engine | None = None,
+        client_engine: Engine = "pyopenssl",
+        server_engine: Engine = "pyopenssl",
+        swap_roles: bool = False,
+        version: str | None = None,
+        mutual: bool = False,
+        alpn: Iterable[str] | None = None,
+    ) -> tuple[TLSLayer, TLSLayer]:
+        """Push one layer on both ends (the identity of ``depth``, by
+        default the next depth) and wait for both handshakes.
+
+        ``engine`` sets both ends' engine at once.  Returns ``(client_layer,
+        server_layer)``; with ``swap_roles`` the client end is the TLS server
+        of this layer.
+        """
+        if engine is not None:
+            client_engine = server_engine = engine
+        return await _push_both(
+            ca,
+            self.client.writer,
+            self.server.writer,
+            depth=len(self.client.writer.layers) + 1 if depth is None else depth,
+            client_engine=client_engine,
+            server_engine=server_engine,
+            swap_roles=swap_roles,
+            version=version,
+            mutual=mutual,
+            alpn=alpn,
+        )
+
+    async def stop_tls(self) -> tuple[TLSLayer, TLSLayer]:
+        """Pop the innermost layer on both ends (the client speaks first)."""
+        fc = self.client.writer.stop_tls()
+        fs = self.server.writer.stop_tls()
+        lc, ls = await asyncio.gather(fc, fs)
+        return lc, ls
+
+    async def aclose(self) -> None:
+        """Close both ends (orderly: close_notify on every layer) and wait
+        for the handler, if any, to return."""
+        for end in (self.client, self.server):
+            end.writer.close()
+        for end in (self.client, self.server):
+            try:
+                await end.writer.wait_closed()
+            except (ConnectionError, OnionError):
+                pass
+        if self.server_task is not None:
+            await self.server_task
+
+    async def __aenter__(self) -> StreamPair:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def stream_pair(
+    handler: ClientConnectedCallback | None = None,
+    *,
+    auto: bool = True,
+    chunker: Chunker | None = None,
+    coalesce: bool = False,
+    limit: int = 2**16,
+) -> _OpenPair:
+    """Connect two onion_tls stream ends in memory (no sockets).
+
+    Use either ``pair = await stream_pair(...)`` (then ``await
+    pair.aclose()``) or ``async with stream_pair(...) as pair:``.
+
+    Args:
+      handler: optional; called as ``handler(reader, writer)`` with the
+        server end, like a ``start_server`` callback.  When it returns, its
+        writer is closed.
+      auto, chunker, coalesce: see :class:`MemoryPipe`; e.g.
+        ``chunker=dribble(1)`` delivers the stream one byte per read, and
+        ``auto=False`` moves nothing until you call ``pair.pipe.step()``.
+      limit: the readers' buffer limit.
+    """
+    return _OpenPair(handler, auto=auto, chunker=chunker, coalesce=coalesce, limit=limit)
+
+
+class _OpenPair:
+    """What :func:`stream_pair` returns: awaitable, and an async context
+    manager that closes the pair on exit."""
+
+    def __init__(self, handler: ClientConnectedCallback | None, **kw: Any) -> None:
+        self._handler = handler
+        self._kw = kw
+        self._pair: StreamPair | None = None
+
+    def __await__(self) -> Generator[Any, None, StreamPair]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> StreamPair:
+        self._pair = await self._open()
+        return self._pair
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._pair is not None
+        await self._pair.aclose()
+
+    async def _open(self) -> StreamPair:
+        from .streams import _StreamProtocol
+
+        kw = self._kw
+        loop = asyncio.get_running_loop()
+        pipe = MemoryPipe(auto=kw["auto"], chunker=kw["chunker"], coalesce=kw["coalesce"])
+        creader = asyncio.StreamReader(limit=kw["limit"], loop=loop)
+        sreader = asyncio.StreamReader(limit=kw["limit"], loop=loop)
+        cproto = _StreamProtocol(creader)
+        sproto = _StreamProtocol(sreader, accepted=True)
+        pipe.connect(OnionProtocol(cproto), OnionProtocol(sproto))
+        assert cproto._writer is not None and sproto._writer is not None
+        client = Stream(creader, cproto._writer)
+        server = Stream(sreader, sproto._writer)
+        task = None
+        if self._handler is not None:
+            task = loop.create_task(_run_handler(self._handler, server))
+        return StreamPair(pipe, client, server, task)
+
+
+async def _run_handler(handler: ClientConnectedCallback, end: Stream) -> None:
+    try:
+        res = handler(end.reader, end.writer)
+        if res is not None:
+            await res
+    finally:
+        end.writer.close()

@@ -7,9 +7,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+# tests/ is a package (relative imports work), and its folder is on the path
+# too, so ``from helpers import ...`` works in any test file as well.
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 def _run(coro_fn: Any, kwargs: dict[str, Any]) -> None:
