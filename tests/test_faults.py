@@ -3,7 +3,11 @@
 Every case is drawn from one integer seed: how many layers, which engine
 and TLS version each side of each layer uses, how the byte stream is cut
 and joined, whether one direction lags, what data is exchanged at every
-depth, how layers are popped and how the connection ends, and at most one
+depth (some of it written during handshakes, during stops, or in flight
+across a close_notify), whether the applications pause reading and use
+small write buffers, how layers are popped (both at once, or answered from
+``eof_received``), whether they are pushed again, whether a stop or a close
+comes while a handshake runs, how the connection ends, and at most one
 fault:
 
 * ``flip`` / ``insert``: change or insert a byte at offset N of the
@@ -18,6 +22,9 @@ fault:
 * ``stall``: after N bytes one direction delivers nothing more, ever, and
   no EOF either: handshakes and shutdowns must end by their timeouts.
 
+The two stacks talk through :class:`FaultPipe`, a network with a kernel's
+buffering (a closing socket is gone once its bytes are handed over; bytes
+sent to a socket that is gone come back as an RST, after its FIN).
 Cases run on :class:`VirtualClockLoop`, whose clock jumps to the next timer
 whenever nothing is ready to run: a run is deterministic (replay it from its
 seed), timeouts cost no wall time, and a program that waits for something
