@@ -253,8 +253,8 @@ class _Server(asyncio.BaseProtocol):
         self._early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses
+        self.transport = transport  # type: ignore[assignment]
         for data in self._early:
             transport.write(data)
         self._early.clear()

@@ -3,7 +3,11 @@
 Every case is drawn from one integer seed: how many layers, which engine
 and TLS version each side of each layer uses, how the byte stream is cut
 and joined, whether one direction lags, what data is exchanged at every
-depth, how layers are popped and how the connection ends, and at most one
+depth (some of it written during handshakes, during stops, or in flight
+across a close_notify), whether the applications pause reading and use
+small write buffers, how layers are popped (both at once, or answered from
+``eof_received``), whether they are pushed again, whether a stop or a close
+comes while a handshake runs, how the connection ends, and at most one
 fault:
 
 * ``flip`` / ``insert``: change or insert a byte at offset N of the
@@ -18,6 +22,9 @@ fault:
 * ``stall``: after N bytes one direction delivers nothing more, ever, and
   no EOF either: handshakes and shutdowns must end by their timeouts.
 
+The two stacks talk through :class:`FaultPipe`, a network with a kernel's
+buffering (a closing socket is gone once its bytes are handed over; bytes
+sent to a socket that is gone come back as an RST, after its FIN).
 Cases run on :class:`VirtualClockLoop`, whose clock jumps to the next timer
 whenever nothing is ready to run: a run is deterministic (replay it from its
 seed), timeouts cost no wall time, and a program that waits for something
@@ -153,7 +160,7 @@ def run_virtual(
             t.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-            raise AssertionError(f"tasks left pending: {pending!r}")
+            errors.append({"message": f"tasks left pending: {pending!r}"})
 
     try:
         task = loop.create_task(main())
@@ -210,6 +217,7 @@ class Plan:
     in_flight: bool  # the other side's data is in flight when a stop begins
     flow: bool  # small write buffers; applications pause and resume reading
     repush: bool  # after the pops, push the layers again
+    early: str | None  # at the last push: "stop" or "close" before the handshake ends
 
     def describe(self) -> str:
         layers = ", ".join(
@@ -225,7 +233,9 @@ class Plan:
             f"fault: {self.fault or 'none'}; pops {self.pops} ({self.pop_mode})"
             f"{', data in flight' if self.in_flight else ''}"
             f"{', then push again' if self.repush else ''}; "
-            f"{'flow control; ' if self.flow else ''}ending {self.ending}"
+            f"{'flow control; ' if self.flow else ''}"
+            f"{f'{self.early} during the last handshake; ' if self.early else ''}"
+            f"ending {self.ending}"
         )
 
 
@@ -285,6 +295,7 @@ def make_plan(seed: int) -> Plan:
         in_flight=rng.random() < 0.5,
         flow=rng.random() < 0.3,
         repush=pops > 0 and rng.random() < 0.3,
+        early=rng.choice((None, None, None, None, "stop", "close")),
     )
 
 
@@ -631,6 +642,8 @@ class Case:
         self.closed_by_app = {"a": False, "b": False}
         self.notes: list[str] = []
         self.plain_eofs: list[tuple[str, str]] = []
+        #: Closed during a handshake: what it had not read yet may be lost.
+        self.early_closer: str | None = None
 
     # -- actions --------------------------------------------------------------
 
@@ -770,7 +783,11 @@ class Case:
         return True
 
     def delivered_all(self) -> bool:
-        return all(len(self.apps[_other(s)].received) >= len(self.sent[s]) for s in "ab")
+        return all(
+            len(self.apps[_other(s)].received) >= len(self.sent[s])
+            for s in "ab"
+            if _other(s) != self.early_closer
+        )
 
     async def exchange(self) -> None:
         for side in "ab":
@@ -813,7 +830,7 @@ class Case:
         if not await self._push_all(1):
             return
         for _ in range(plan.pops):
-            if self.any_lost or not await self._pop():
+            if self.any_lost or not self.transport("a").layers or not await self._pop():
                 return
         if plan.repush and not self.any_lost:
             await self._push_all(self.depth["a"] + 1)
@@ -827,8 +844,27 @@ class Case:
             futs = [self.push(side, depth) for side in order]
             if self.rng.random() < 0.3:
                 self.send(self.rng.choice("ab"))  # queued until the handshake is done
+            early = self.plan.early if depth == len(self.plan.layers) else None
+            if early == "close":
+                # Orderly close while the handshake runs: it finishes first.
+                self.early_closer = order[0]
+                self.close(order[0])
+                await self.settle(futs)
+                return False
+            if early == "stop":
+                # stop_tls() before the handshake is done: the layer comes up,
+                # then closes; the peer answers from eof_received().
+                self.apps[order[1]].answer_eof = True
+                futs.append(self.stop(order[0]))
             if not await self.settle(futs):
                 return False
+            if early == "stop":
+                answered = await self.wait_until(
+                    lambda s=order[1]: bool(self.stops[s]) or self.any_lost, DATA_WAIT
+                )
+                self.apps[order[1]].answer_eof = False
+                if not answered or not await self.settle(self.stops[order[1]][-1:]):
+                    return False
             await self.exchange()
         return True
 
@@ -886,7 +922,7 @@ class Case:
                 self.transport("a").abort()
             else:  # b_close_plain: b pops what is left first, then closes
                 while self.transport("b").layers and not self.any_lost:
-                    if self.transport("a").is_closing():
+                    if self.transport("a").is_closing() or self.transport("b").is_closing():
                         break
                     self.apps["a"].answer_eof = True
                     fut = self.stop("b")
@@ -1072,7 +1108,13 @@ def run_case(seed: int, *, debug: bool = True) -> tuple[Plan, list[str], Case]:
         case = Case(plan)
         box["case"] = case
         _watch_eof(case)
-        await case.run()
+        try:
+            await case.run()
+        except Exception:  # noqa: BLE001 - a failing case is reported with its seed
+            case.violations.append("the script raised:\n" + traceback.format_exc())
+            for side in "ab":
+                case.transport(side).abort()
+            await case.wait_until(lambda: all(app.lost for app in case.apps.values()), END_WAIT)
 
     errors, hang = run_virtual(main, debug=debug)
     case = box["case"]

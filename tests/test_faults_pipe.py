@@ -48,18 +48,3 @@ async def test_close_with_bytes_for_a_peer_that_is_gone() -> None:
     await settle()
     assert a.lost == [None]
     assert b.lost == [None]
-
-
-async def test_write_to_a_peer_that_is_gone_is_reset() -> None:
-    pipe = MemoryPipe(auto=False)
-    a, b = Side(), Side()
-    pipe.connect(a, b)
-    a.transport.close()
-    pipe.pump()
-    await settle()
-    assert a.lost == [None]
-    b.transport.write(b"anyone there?")
-    pipe.pump()
-    await settle()
-    assert len(b.lost) == 1
-    assert isinstance(b.lost[0], ConnectionResetError)

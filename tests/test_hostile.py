@@ -203,7 +203,7 @@ class Setup:
         assert isinstance(exc, kind), repr(exc)
         assert exc.depth == self.depth
         text = str(exc)
-        assert text.startswith(f"TLS layer {self.depth} (depth {self.depth}): ")
+        assert f"TLS layer {self.depth}" in text and text.endswith(exc.reason)
         for word in words:
             assert word in text, text
         if self.fut is not None and self.fut.done() and self.fut.exception() is not None:
