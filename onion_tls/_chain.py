@@ -61,6 +61,13 @@ class ChainHooks(Protocol):
     def deliver_data(self, data: bytes) -> None:
         """Hand application data to the application protocol."""
 
+    def app_buffer(self) -> memoryview | None:
+        """A ``BufferedProtocol`` application's ``get_buffer()``; None for a
+        plain ``Protocol``."""
+
+    def app_buffer_updated(self, nbytes: int) -> None:
+        """``buffer_updated(nbytes)`` of the application."""
+
     def deliver_eof(self) -> bool | None:
         """Tell the application of EOF; return what ``eof_received`` said."""
 
@@ -90,6 +97,12 @@ class Head:
 
     def write(self, data: bytes | memoryview) -> None:
         self._hooks.write_raw(data)
+
+    def get_buffer(self) -> memoryview | None:  # pragma: no cover - never called
+        return None
+
+    def buffer_updated(self, nbytes: int) -> None:  # pragma: no cover - never called
+        raise AssertionError("nothing is outside the head")
 
 
 class _Eof:
@@ -131,6 +144,18 @@ class Tail:
 
     def write(self, data: bytes | memoryview) -> None:  # pragma: no cover
         raise AssertionError("nothing is inside the tail")
+
+    def get_buffer(self) -> memoryview | None:
+        """The application's own buffer (a ``BufferedProtocol``), when it
+        may be given data right now; None otherwise (``receive`` then takes
+        bytes, and waits in the backlog if it must)."""
+        chain = self._chain
+        if self.backlog or self.paused or chain.in_app_call or chain.closing or chain.dead:
+            return None
+        return self._hooks.app_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._hooks.app_buffer_updated(nbytes)
 
     def eof(self, layer: Layer | None) -> None:
         if self._chain.closing or self._chain.dead:

@@ -13,11 +13,25 @@ layer or to a sentinel:
 * ``write(data)`` - bytes travelling outward (plaintext for a layer,
   ciphertext for the head).
 
-Inward, a layer cuts what it receives into whole TLS records
-(:mod:`onion_tls._records`) and feeds its engine one record at a time.  That
-is what makes unwrapping exact: when the engine reports the peer's
-close_notify, every byte the layer has not fed yet belongs to the layer
-beneath, and is kept in ``held`` until the chain decides where it goes.
+Inward, unwrapping must be exact: when the engine reports the peer's
+close_notify, every byte that followed it belongs to the layer beneath, and
+is kept in ``held`` until the chain decides where it goes.  An engine that
+can give fed bytes back (``engine.can_unread``: OpenSSL reads a memory BIO
+one record at a time, so what is left after the close_notify is exactly
+what followed it) is fed every chunk whole, and the layer reads until the
+engine needs more (*stream mode*); a :class:`~onion_tls._records.RecordScanner`
+checks the record headers on the way, so garbage is reported in words.
+Otherwise the layer cuts what it receives into whole TLS records
+(:class:`~onion_tls._records.RecordFramer`) and feeds its engine one record
+at a time, keeping the rest itself (*record mode*).
+
+Decrypted bytes move inward without a copy of their own where they can: to
+an inner layer, through one per-thread scratch buffer (the inner layer
+feeds them to its engine before it returns); to a ``BufferedProtocol``
+application, straight into the application's buffer; to a plain
+``Protocol``, as one ``bytes`` per record.  What a layer receives is only
+read during the call, so the socket side may pass views of a buffer it
+reuses.
 
 Outward, plaintext written before the handshake is complete waits in
 ``_pending`` and is encrypted, in order, the moment the handshake ends;
@@ -44,11 +58,12 @@ the middle of a transition.
 from __future__ import annotations
 
 import enum
+import threading
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from ._engine import Engine, EngineError, PeerClosed
-from ._records import RecordFramer
+from ._records import RecordFramer, RecordScanner
 from .errors import HandshakeError, OnionError, TLSProtocolError
 
 if TYPE_CHECKING:
@@ -60,6 +75,27 @@ __all__ = ["ChainEvents", "Layer", "LayerState", "Node"]
 # never copied as a whole, and the ciphertext of one slice is sent on before
 # the next slice is encrypted.
 _WRITE_SLICE = 256 * 1024
+# The most plaintext one TLS record carries (RFC 8446 section 5.1).
+_RECORD_PLAINTEXT = 2**14
+# Plaintext read for an inner layer gathers in a buffer of this size.
+_SCRATCH_SIZE = 256 * 1024
+_local = threading.local()
+
+
+def _scratch() -> memoryview:
+    """This thread's scratch buffer: decrypted bytes on their way to an
+    inner layer, which copies them into its engine before it returns."""
+    try:
+        view: memoryview = _local.scratch
+    except AttributeError:
+        view = _local.scratch = memoryview(bytearray(_SCRATCH_SIZE))
+    return view
+
+
+# What stopped a read loop (besides an EngineError).
+_DRY = "dry"  # the engine needs more input
+_FULL = "full"  # the buffer is full: read again
+_CLOSE = "close_notify"  # the peer's close_notify
 
 
 class LayerState(enum.Enum):
@@ -90,6 +126,12 @@ class Node(Protocol):
     def receive(self, data: bytes) -> None: ...
 
     def write(self, data: bytes | memoryview) -> None: ...
+
+    def get_buffer(self) -> memoryview | None:
+        """A buffer to decrypt into, for ``buffer_updated``; None: use
+        ``receive`` with bytes (only the tail has one: a BufferedProtocol)."""
+
+    def buffer_updated(self, nbytes: int) -> None: ...
 
 
 class ChainEvents(Protocol):
@@ -122,7 +164,11 @@ class Layer:
         self.error: OnionError | None = None
         #: The public read-only view (:class:`onion_tls.TLSLayer`).
         self.view: object = None
+        #: Stream mode (see the module docstring) or record mode.
+        self._stream = engine.can_unread
         self._framer = RecordFramer()
+        self._scanner = RecordScanner()
+        self._unfed = b""
         self._pending: deque[bytes | memoryview] = deque()
         self.pending_size = 0
 
@@ -159,8 +205,8 @@ class Layer:
 
     # -- incoming flow --------------------------------------------------------
 
-    def receive(self, data: bytes) -> None:
-        """Ciphertext from ``outer``."""
+    def receive(self, data: bytes | memoryview) -> None:
+        """Ciphertext from ``outer`` (only read during this call)."""
         state = self.state
         if state is LayerState.PEER_CLOSED or state is LayerState.CLOSED:
             # After the peer's close_notify: these bytes belong beneath.
@@ -168,6 +214,11 @@ class Layer:
             return
         if state is LayerState.BROKEN:
             return
+        if self._stream:
+            self._receive_stream(data)
+            return
+        # Record mode.  The framer keeps no view of ``data`` past this call:
+        # an incomplete record is copied into its own buffer.
         framer = self._framer
         framer.feed(data)
         engine = self.engine
@@ -175,7 +226,7 @@ class Layer:
             record = framer.next_record()
             if record is None:
                 if framer.error is not None:
-                    self._garbage(framer.error)
+                    self._garbage(framer.error, framer.take_rest())
                 return
             engine.feed(record)
             if self.state is LayerState.HANDSHAKING:
@@ -203,8 +254,123 @@ class Layer:
             if self._pending and self.state is LayerState.OPEN:
                 self._flush_pending()
 
+    def get_buffer(self) -> memoryview | None:
+        return None  # an outer layer hands plaintext in with receive()
+
+    def buffer_updated(self, nbytes: int) -> None:  # pragma: no cover - never called
+        raise AssertionError("a layer has no buffer to update")
+
+    def _receive_stream(self, data: bytes | memoryview) -> None:
+        bad = self._scanner.scan(data)
+        if bad < 0:
+            self._feed(data)
+            return
+        # What cannot be a record is not fed yet: if a close_notify comes
+        # first, it is no garbage but the layer beneath's (held with what
+        # the engine gives back).
+        rest = bytes(data[bad:])
+        self._unfed = rest
+        try:
+            if bad > 0:
+                self._feed(data[:bad])
+        finally:
+            self._unfed = b""
+        if self.state in _READING:
+            why = self._scanner.error
+            assert why is not None
+            self._garbage(why, rest)
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        """Stream mode: give the engine ``data``, then handshake and read
+        until it needs more input."""
+        try:
+            self.engine.feed(data)
+        except EngineError as exc:
+            self._fail_engine(exc)
+            return
+        while True:
+            state = self.state
+            if state is LayerState.HANDSHAKING:
+                self._handshake_step()
+                if self.state is LayerState.HANDSHAKING:
+                    return
+            elif state is LayerState.OPEN or state is LayerState.CLOSING:
+                if not self._drain():
+                    return
+            else:
+                return
+
+    def _drain(self) -> bool:
+        """Read what the engine has and hand it inward; True to call again."""
+        inner = self.inner
+        if isinstance(inner, Layer):
+            scratch = _scratch()
+            got, why = self._read_into(scratch)
+            if got:
+                inner.receive(scratch[:got])
+        else:
+            buf = inner.get_buffer()
+            if buf is not None:
+                got, why = self._read_into(buf)
+                if got:
+                    inner.buffer_updated(got)
+            else:
+                try:
+                    data = self.engine.read(_RECORD_PLAINTEXT)
+                except PeerClosed:
+                    data, why = b"", _CLOSE
+                except EngineError as exc:
+                    data, why = b"", exc
+                else:
+                    why = _FULL if data else _DRY
+                if data:
+                    inner.receive(data)
+        return self._after_read(why)
+
+    def _read_into(self, buf: memoryview) -> tuple[int, str | EngineError]:
+        """Decrypt into ``buf`` until it is full or the engine stops."""
+        read_into = self.engine.read_into
+        size = len(buf)
+        got = 0
+        try:
+            while got < size:
+                n = read_into(buf[got:] if got else buf)
+                if not n:
+                    return got, _DRY
+                got += n
+        except PeerClosed:
+            return got, _CLOSE
+        except EngineError as exc:
+            return got, exc
+        return got, _FULL
+
+    def _after_read(self, why: str | EngineError) -> bool:
+        """What ended a read, once what was read has been handed inward
+        (which may have changed this layer's state)."""
+        if why is _FULL:
+            return True
+        if self.state not in _READING:
+            return False
+        if why is _DRY:
+            # Tickets, KeyUpdate, alerts: the engine may have an answer.
+            self._flush_output()
+            if self._pending and self.state is LayerState.OPEN:
+                self._flush_pending()
+        elif why is _CLOSE:
+            self._flush_output()
+            self._on_peer_close_notify()
+        else:
+            assert isinstance(why, EngineError)
+            self._fail_engine(why)
+        return False
+
     def _on_peer_close_notify(self) -> None:
-        self.held += self._framer.take_rest()
+        if self._stream:
+            self.held += self.engine.unread()
+            self.held += self._unfed
+            self._unfed = b""
+        else:
+            self.held += self._framer.take_rest()
         if self.state is LayerState.CLOSING:
             self._set_state(LayerState.CLOSED)
             self.events.on_closed(self)
@@ -212,10 +378,9 @@ class Layer:
             self._set_state(LayerState.PEER_CLOSED)
             self.events.on_peer_closed(self)
 
-    def _garbage(self, why: str) -> None:
+    def _garbage(self, why: str, rest: bytes) -> None:
         # Let the engine see the bytes too: it fails with its own words and
         # queues the alert TLS asks for.
-        rest = self._framer.take_rest()
         try:
             self.engine.feed(rest)
             if self.state is LayerState.HANDSHAKING:

@@ -15,7 +15,7 @@ engine and let it fail with a proper alert.
 
 from __future__ import annotations
 
-__all__ = ["HEADER_SIZE", "MAX_RECORD_BODY", "RecordFramer", "check_header"]
+__all__ = ["HEADER_SIZE", "MAX_RECORD_BODY", "RecordFramer", "RecordScanner", "check_header"]
 
 HEADER_SIZE = 5
 # RFC 5246 allows TLSCiphertext bodies of 2**14 + 2048 bytes; TLS 1.3 less.
@@ -124,3 +124,59 @@ class RecordFramer:
         self._chunk = _EMPTY
         self._pos = 0
         return rest
+
+
+class RecordScanner:
+    """Follows the record boundaries of a byte stream without keeping it.
+
+    For an engine that can give fed bytes back (``Engine.unread``): the layer
+    feeds it whole chunks, and the scanner only checks each record header
+    on the way, so that garbage is reported in the same words as by
+    :class:`RecordFramer`.  ``scan()`` returns the offset in the chunk where
+    a bad header starts (0 when it began in an earlier chunk), or -1.
+    """
+
+    __slots__ = ("_head", "_skip", "error")
+
+    def __init__(self) -> None:
+        self._skip = 0  # body bytes of the current record still to come
+        self._head = bytearray()  # a header split across chunks
+        #: Set when the stream holds something that is not a record header.
+        self.error: str | None = None
+
+    def scan(self, data: bytes | bytearray | memoryview) -> int:
+        if self.error is not None:
+            return 0
+        size = len(data)
+        pos = self._skip
+        if pos >= size:
+            self._skip = pos - size
+            return -1
+        head = self._head
+        if head:
+            take = HEADER_SIZE - len(head)
+            head += data[:take]
+            if len(head) < HEADER_SIZE:
+                return -1
+            why = check_header(head)
+            if why is not None:
+                self.error = why
+                return 0
+            pos = take + ((head[3] << 8) | head[4])
+            head.clear()
+        while pos + HEADER_SIZE <= size:
+            first = data[pos]
+            if first < 20 or first > 24 or data[pos + 1] != 3:
+                self.error = check_header(data[pos : pos + HEADER_SIZE])
+                return pos
+            length = (data[pos + 3] << 8) | data[pos + 4]
+            if length > MAX_RECORD_BODY:
+                self.error = check_header(data[pos : pos + HEADER_SIZE])
+                return pos
+            pos += HEADER_SIZE + length
+        if pos < size:
+            head += data[pos:]
+            self._skip = 0
+        else:
+            self._skip = pos - size
+        return -1

@@ -180,12 +180,19 @@ class StdlibEngine:
 
     def shutdown(self) -> None:
         logger.debug("layer %d: alert sent: warning close_notify", self.depth)
+        # unwrap() sends our close_notify and then reads, looking for the
+        # peer's: the records still in the incoming BIO are not for it (the
+        # layer reads them, in order), so they are set aside meanwhile.
+        waiting = self._in.read() if self._in.pending else b""
         try:
             self._obj.unwrap()
         except ssl.SSLWantReadError:
             pass  # our close_notify is queued; the peer's has not come yet
         except ssl.SSLError as exc:
             raise self._error(exc) from None
+        finally:
+            if waiting:
+                self._in.write(waiting)
 
     def take_output(self) -> bytes:
         return self._out.read() if self._out.pending else b""

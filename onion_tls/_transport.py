@@ -168,6 +168,19 @@ class OnionProtocol(asyncio.Protocol):
             app.buffer_updated(n)  # type: ignore[attr-defined]
             view = view[n:]
 
+    def app_buffer(self) -> memoryview | None:
+        if not self._buffered:
+            return None
+        buf = memoryview(self._app.get_buffer(-1))  # type: ignore[attr-defined]
+        if buf.ndim != 1 or buf.itemsize != 1:
+            buf = buf.cast("B")
+        if not buf:
+            raise RuntimeError("get_buffer() returned an empty buffer")
+        return buf
+
+    def app_buffer_updated(self, nbytes: int) -> None:
+        self._app.buffer_updated(nbytes)  # type: ignore[attr-defined]
+
     def deliver_eof(self) -> bool | None:
         return self._app.eof_received()  # type: ignore[attr-defined, no-any-return]
 
