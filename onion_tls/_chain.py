@@ -288,10 +288,17 @@ class Chain:
 
     # -- incoming flow --------------------------------------------------------
 
-    def feed(self, data: bytes) -> None:
-        """Bytes from the socket."""
-        if not self.dead:
-            self.head.inner.receive(data)
+    def feed(self, data: bytes | memoryview) -> None:
+        """Bytes from the socket.  A layer only reads them during the call,
+        so they may be a view of a buffer the caller reuses; in plaintext
+        the application gets (and may keep) bytes."""
+        if self.dead:
+            return
+        inner = self.head.inner
+        if isinstance(inner, Layer):
+            inner.receive(data)
+        else:
+            inner.receive(data if isinstance(data, bytes) else bytes(data))
 
     def feed_eof(self) -> None:
         """The socket reached EOF.  Clean only if every layer saw the

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 from typing import TYPE_CHECKING, Any
 
 from ._chain import Chain
@@ -36,6 +37,11 @@ __all__ = ["OnionProtocol", "OnionTransport", "wrap"]
 logger = logging.getLogger("onion_tls")
 
 _DEFAULT_HIGH = 64 * 1024
+# The socket is read into one buffer per thread (BufferedProtocol): what the
+# chain receives is consumed before buffer_updated() returns, so no
+# connection needs a read buffer of its own, and no read allocates one.
+_RECV_SIZE = 64 * 1024
+_recv = threading.local()
 # After a fatal error we close the socket so the alert can leave; if the
 # peer does not read it, the socket is aborted after this long.
 _ALERT_GRACE = 2.0
@@ -56,12 +62,14 @@ def _check_timeout(name: str, value: float | None) -> float | None:
     return float(value)
 
 
-class OnionProtocol(asyncio.Protocol):
+class OnionProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
     """The protocol the event loop sees; it owns the layer chain.
 
     ``OnionProtocol(app_protocol)`` wraps any ``asyncio.Protocol`` or
     ``asyncio.BufferedProtocol``; :func:`wrap` builds a factory of these for
-    ``loop.create_connection`` and ``loop.create_server``.
+    ``loop.create_connection`` and ``loop.create_server``.  The loop reads
+    the socket into a buffer (``get_buffer``/``buffer_updated``); a transport
+    that calls ``data_received`` works too.
     """
 
     def __init__(self, app_protocol: asyncio.BaseProtocol) -> None:
@@ -96,6 +104,18 @@ class OnionProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._chain.feed(data)
+        self._after_chain_change()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        try:
+            view: memoryview = _recv.view
+        except AttributeError:
+            view = _recv.view = memoryview(bytearray(_RECV_SIZE))
+        return view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        view: memoryview = _recv.view
+        self._chain.feed(view[:nbytes])
         self._after_chain_change()
 
     def eof_received(self) -> bool:
