@@ -9,8 +9,14 @@ deliveries, and flow control.
 
 Flow control (writing) is one membrane: the application is paused while the
 raw transport is paused *or* the plaintext queued inside the chain is above
-the high-water mark, and resumed when neither holds.  Flow control (reading):
-``pause_reading`` stops deliveries to the application at once; the raw
+the high-water mark, and resumed when neither holds.  While the raw transport
+is paused, what the application still writes inside TLS waits in the
+*outbox*, as the application's own bytes objects: it is encrypted when the
+socket drains (or before anything that must come after it: a change of
+layers, close) instead of being encrypted at once into the socket's buffer,
+which would copy it there, and again as that buffer moves.
+
+Flow control (reading): ``pause_reading`` stops deliveries to the application at once; the raw
 transport is paused too, except while a handshake or shutdown needs the
 peer's bytes.
 """
@@ -21,6 +27,7 @@ import asyncio
 import logging
 import math
 import threading
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._chain import Chain
@@ -94,6 +101,9 @@ class OnionProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self._queue_over = False
         self._app_write_paused = False
         self._raw_read_paused = False
+        # Application writes not yet given to the chain (see _app_write).
+        self._outbox: deque[bytes] = deque()
+        self._outbox_size = 0
 
     # -- asyncio.Protocol: what the event loop calls -----------------------
 
@@ -128,6 +138,8 @@ class OnionProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         if self._lost:
             return
         self._lost = True
+        self._outbox.clear()
+        self._outbox_size = 0
         chain = self._chain
         chain.mark_dead()
         if self._grace is not None:
@@ -164,7 +176,32 @@ class OnionProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._raw_write_paused = False
+        self._flush_outbox(everything=False)
         self._update_app_writing()
+
+    # -- application writes --------------------------------------------------
+
+    def _app_write(self, data: bytes) -> None:
+        chain = self._chain
+        if chain.dead or chain.closing:
+            return
+        if self._outbox or (self._raw_write_paused and chain.head.inner is not chain.tail):
+            # The socket is backed up: keep the plaintext, encrypt it when
+            # the socket drains (the outbox keeps the order of writes).
+            self._outbox.append(data)
+            self._outbox_size += len(data)
+            return
+        chain.write(data)
+
+    def _flush_outbox(self, *, everything: bool) -> None:
+        """Hand held writes to the chain: while the socket takes them, or
+        all of them (before a change of layers or a close)."""
+        box = self._outbox
+        chain = self._chain
+        while box and (everything or not self._raw_write_paused) and not self._lost:
+            data = box.popleft()
+            self._outbox_size -= len(data)
+            chain.write(data)
 
     # -- ChainHooks: what the chain asks of the world ---------------------------
 
@@ -332,6 +369,7 @@ class OnionProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             server_hostname=server_hostname,
             session=session,
         )
+        self._flush_outbox(everything=True)  # earlier writes go out beneath the new layer
         layer = self._chain.push(engine)
         engine.depth = layer.depth
         layer.view = TLSLayer(layer)
@@ -365,6 +403,7 @@ class OnionProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         fut.add_done_callback(_retrieve)
         if layer is not None:
             self._stop = (layer, fut, None)
+        self._flush_outbox(everything=True)  # earlier writes go out inside the layer
         try:
             chain.stop_tls()
         except BaseException:
@@ -384,6 +423,8 @@ class OnionProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         return self._loop
 
     def _abort(self) -> None:
+        self._outbox.clear()
+        self._outbox_size = 0
         self._chain.mark_dead()
         self._chain.tail.backlog.clear()  # nothing more reaches the app
         if self._error is None:
@@ -400,7 +441,7 @@ class OnionProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self._sync_raw_reading()
 
     def _update_app_writing(self) -> None:
-        size = self._chain.queued_size()
+        size = self._chain.queued_size() + self._outbox_size
         if self._queue_over:
             if size <= self._low:
                 self._queue_over = False
@@ -551,6 +592,7 @@ class OnionTransport(asyncio.Transport):
         p = self._p
         if p._raw is None or p._lost:
             return
+        p._flush_outbox(everything=True)
         p._chain.close()
         p._after_chain_change()
 
@@ -604,7 +646,7 @@ class OnionTransport(asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         p = self._p
         raw = 0 if p._raw is None or p._lost else p._raw.get_write_buffer_size()
-        return raw + p._chain.queued_size()
+        return raw + p._chain.queued_size() + p._outbox_size
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -614,7 +656,7 @@ class OnionTransport(asyncio.Transport):
         p = self._p
         if not isinstance(data, bytes):
             data = bytes(data)
-        p._chain.write(data)
+        p._app_write(data)
         p._update_app_writing()
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
