@@ -16,6 +16,15 @@ socket drains (or before anything that must come after it: a change of
 layers, close) instead of being encrypted at once into the socket's buffer,
 which would copy it there, and again as that buffer moves.
 
+Small writes are gathered into full records: a write of less than one
+record's worth made while the connection is *corked* waits in the outbox,
+and runs of such writes are joined before they are encrypted.  The
+connection is corked while one of our callbacks runs the application
+(``data_received``, ``buffer_updated``; the writes leave when it returns),
+and after a small write went out on its own, until the loop's next
+iteration (``call_soon``): a lone small write leaves at once, only the ones
+that follow it in the same iteration wait, and not longer than that.
+
 Flow control (reading): ``pause_reading`` stops deliveries to the application at once; the raw
 transport is paused too, except while a handshake or shutdown needs the
 peer's bytes.
@@ -49,6 +58,10 @@ _DEFAULT_HIGH = 64 * 1024
 # connection needs a read buffer of its own, and no read allocates one.
 _RECV_SIZE = 64 * 1024
 _recv = threading.local()
+# Writes smaller than one record's plaintext are gathered (see the module
+# docstring); a run of them is joined into at most this much.
+_SMALL_WRITE = 2**14
+_GATHER_MAX = 64 * 1024
 # After a fatal error we close the socket so the alert can leave; if the
 # peer does not read it, the socket is aborted after this long.
 _ALERT_GRACE = 2.0
@@ -104,6 +117,8 @@ class OnionProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         # Application writes not yet given to the chain (see _app_write).
         self._outbox: deque[bytes] = deque()
         self._outbox_size = 0
+        self._corked = False
+        self._uncork_scheduled = False
 
     # -- asyncio.Protocol: what the event loop calls -----------------------
 
@@ -113,7 +128,11 @@ class OnionProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self._app.connection_made(self.transport)
 
     def data_received(self, data: bytes) -> None:
-        self._chain.feed(data)
+        self._corked = True
+        try:
+            self._chain.feed(data)
+        finally:
+            self._uncork()
         self._after_chain_change()
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -125,7 +144,11 @@ class OnionProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         view: memoryview = _recv.view
-        self._chain.feed(view[:nbytes])
+        self._corked = True
+        try:
+            self._chain.feed(view[:nbytes])
+        finally:
+            self._uncork()
         self._after_chain_change()
 
     def eof_received(self) -> bool:
@@ -185,22 +208,61 @@ class OnionProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         chain = self._chain
         if chain.dead or chain.closing:
             return
-        if self._outbox or (self._raw_write_paused and chain.head.inner is not chain.tail):
-            # The socket is backed up: keep the plaintext, encrypt it when
-            # the socket drains (the outbox keeps the order of writes).
+        tls = chain.head.inner is not chain.tail
+        if self._outbox or (tls and (self._corked or self._raw_write_paused)):
+            # Gathering, or the socket is backed up: keep the plaintext (the
+            # outbox keeps the order of writes).
             self._outbox.append(data)
             self._outbox_size += len(data)
+            if not self._raw_write_paused and (
+                self._outbox_size >= _GATHER_MAX
+                or self._outbox_size + self._raw_buffered() > self._high
+            ):
+                # A full gather, or gathering would hide from flow control
+                # that the socket's buffer is over the mark.
+                self._flush_outbox(everything=False)
             return
+        if tls and len(data) < _SMALL_WRITE and self._loop is not None:
+            # This one leaves on its own; the next small ones of this loop
+            # iteration are gathered.  (Scheduled before the write, so the
+            # gathered ones leave before anything this write schedules.)
+            self._corked = True
+            if not self._uncork_scheduled:
+                self._uncork_scheduled = True
+                self._loop.call_soon(self._uncork_soon)
         chain.write(data)
+
+    def _raw_buffered(self) -> int:
+        raw = self._raw
+        return 0 if raw is None or self._lost else raw.get_write_buffer_size()
+
+    def _uncork_soon(self) -> None:
+        self._uncork_scheduled = False
+        self._uncork()
+
+    def _uncork(self) -> None:
+        self._corked = False
+        if self._outbox:
+            self._flush_outbox(everything=False)
+            self._update_app_writing()
 
     def _flush_outbox(self, *, everything: bool) -> None:
         """Hand held writes to the chain: while the socket takes them, or
-        all of them (before a change of layers or a close)."""
+        all of them (before a change of layers or a close).  Runs of small
+        writes are joined, up to _GATHER_MAX, so that they fill records."""
         box = self._outbox
         chain = self._chain
         while box and (everything or not self._raw_write_paused) and not self._lost:
             data = box.popleft()
-            self._outbox_size -= len(data)
+            size = len(data)
+            if size < _SMALL_WRITE and box and len(box[0]) < _SMALL_WRITE:
+                parts = [data]
+                while box and len(box[0]) < _SMALL_WRITE and size < _GATHER_MAX:
+                    more = box.popleft()
+                    parts.append(more)
+                    size += len(more)
+                data = b"".join(parts)
+            self._outbox_size -= size
             chain.write(data)
 
     # -- ChainHooks: what the chain asks of the world ---------------------------
@@ -249,7 +311,11 @@ class OnionProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         if not self._lost:
-            self._chain.tail.flush()
+            self._corked = True
+            try:
+                self._chain.tail.flush()
+            finally:
+                self._uncork()
             self._after_chain_change()
 
     def handshake_done(self, layer: Layer) -> None:
