@@ -87,6 +87,7 @@ _IDLE_DEPTH = 2
 _IDLE_WARMUP = 20
 _IDLE_CONCURRENCY = 16
 _CIPHER = "TLS_AES_256_GCM_SHA384"
+_GROUP = "X25519"
 _MB = 1e6
 
 
@@ -180,6 +181,7 @@ def _pyopenssl_context(certs: Path, depth: int | None) -> object:
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
     ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
     ctx.set_tls13_ciphersuites(_CIPHER.encode())
+    _same_key_exchange(ctx)
     if depth is None:
         ctx.load_verify_locations(str(certs / "ca.pem"))
         ctx.set_verify(SSL.VERIFY_PEER)
@@ -188,6 +190,22 @@ def _pyopenssl_context(certs: Path, depth: int | None) -> object:
         ctx.use_certificate_chain_file(pem)
         ctx.use_privatekey_file(pem)
     return ctx
+
+
+def _same_key_exchange(ctx: Any) -> None:
+    """X25519, as the ssl module's OpenSSL picks: pyOpenSSL runs on the
+    OpenSSL that ``cryptography`` bundles, whose default (OpenSSL >= 3.5) is
+    the hybrid X25519MLKEM768, which costs more per handshake; the bench
+    compares the layering, not the key exchanges.  pyOpenSSL has no public
+    call for it; skipped if its binding lacks the function."""
+    try:
+        from OpenSSL._util import lib
+    except ImportError:  # pragma: no cover - another pyOpenSSL
+        return
+    set_list = getattr(lib, "SSL_CTX_set1_curves_list", None)
+    native = getattr(ctx, "_context", None)
+    if set_list is not None and native is not None:
+        set_list(native, _GROUP.encode())
 
 
 # -- what the measurements run over -------------------------------------------------
@@ -335,14 +353,22 @@ class _Setup(asyncio.Protocol):
     """Carries a client connection through its layers: counts the ``R``
     bytes the server sends when it is ready for the next ClientHello."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: tuple[Any, str] | None = None) -> None:
         self.transport: Any = None
         self.readies = 0
         self.lost = False
         self._waiter: asyncio.Future[None] | None = None
+        self._first = first
+        #: onion_tls: the first layer's start_tls() future.
+        self.started: asyncio.Future[Any] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        if self._first is not None:
+            # As asyncio's create_connection(ssl=) does: the ClientHello
+            # leaves as soon as the TCP connection is made.
+            ctx, hostname = self._first
+            self.started = transport.start_tls(ctx, server_hostname=hostname)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         self.readies += data.count(b"R")
@@ -429,12 +455,13 @@ class _Kit:
 
         from ._transport import wrap
 
-        setup = _Setup()
+        setup = _Setup(first=(ctx, _hostname(1)))
         await loop.create_connection(wrap(lambda: setup), _HOST, port)
         onion = setup.transport
-        for d in range(1, depth + 1):
-            if d > 1:
-                await setup.ready(d - 1)
+        assert setup.started is not None
+        await setup.started
+        for d in range(2, depth + 1):
+            await setup.ready(d - 1)
             await onion.start_tls(ctx, server_hostname=_hostname(d))
         onion.set_protocol(app)
         app.connection_made(onion)
@@ -934,9 +961,13 @@ def _bench_loop(opts: _Options, certs: Path, loop: str, cells: list[Cell]) -> _L
                         continue
                     res.values.setdefault(key, []).append(answer["value"])
                     res.ciphers.add(answer["cipher"])
-                    cost = (answer["cpu"] + server_cpu) / answer["work"] * cell.cost_scale
+                    scale = cell.cost_scale / answer["work"]
+                    cost = (answer["cpu"] + server_cpu) * scale
                     res.costs.setdefault(key, []).append(cost)
-                    shown.append(f"{impl} {answer['value']:.1f} ({cost:.2f} {cell.cost_unit})")
+                    shown.append(
+                        f"{impl} {answer['value']:.1f} ({cost:.2f} {cell.cost_unit}: client "
+                        f"{answer['cpu'] * scale:.2f} + server {server_cpu * scale:.2f})"
+                    )
                 _progress(
                     f"[{loop} {rnd + 1}/{opts.rounds}] {cell.name} depth {cell.depth} "
                     f"({cell.unit}): " + ", ".join(shown)
@@ -1010,8 +1041,8 @@ def _table(opts: _Options, cells: list[Cell], results: dict[str, _LoopResult]) -
     lines.append("onion_tls bench: onion_tls / asyncio's own TLS, same run, interleaved")
     lines.append("  " + ", ".join(v for v in versions if v) + f"; {os.cpu_count()} CPUs")
     lines.append(
-        f"  onion_tls engine {opts.engine}; TLS 1.3, negotiated: {', '.join(ciphers) or '?'}; "
-        f"127.0.0.1, server and client in separate processes"
+        f"  onion_tls engine {opts.engine}; TLS 1.3, negotiated: {', '.join(ciphers) or '?'}, "
+        f"key exchange {_GROUP}; 127.0.0.1, server and client in separate processes"
     )
     lines.append(
         f"  median of {opts.rounds} round(s) of {opts.seconds:g} s per cell; "
