@@ -60,7 +60,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -280,10 +280,10 @@ class _Server(asyncio.BaseProtocol):
         self._early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # (uvloop's TLS transport is not an asyncio.Transport subclass)
+        self.transport = cast(asyncio.Transport, transport)
         for data in self._early:
-            transport.write(data)
+            self.transport.write(data)
         self._early.clear()
 
     def eof_received(self) -> bool:
