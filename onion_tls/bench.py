@@ -663,9 +663,9 @@ def _emit(obj: dict[str, Any]) -> None:
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     if name == "uvloop":
-        import uvloop
+        import uvloop  # optional: only when installed
 
-        return uvloop.new_event_loop
+        return cast("Callable[[], asyncio.AbstractEventLoop]", uvloop.new_event_loop)
     return asyncio.new_event_loop
 
 
