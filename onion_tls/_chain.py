@@ -55,11 +55,16 @@ __all__ = ["Chain", "ChainHooks"]
 class ChainHooks(Protocol):
     """What the chain needs from the world around it (the adapter)."""
 
-    def write_raw(self, data: bytes | memoryview) -> None:
+    def write_raw(self, data: bytes | bytearray | memoryview) -> None:
         """Send ciphertext of the outermost layer (or plaintext) to the socket."""
 
-    def deliver_data(self, data: bytes) -> None:
-        """Hand application data to the application protocol."""
+    def deliver_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Hand application data to the application protocol (``data`` is
+        valid only during the call)."""
+
+    # Optional (a BufferedProtocol application): decrypt into its buffer.
+    #   def app_buffer(self, size: int) -> memoryview | None
+    #   def app_buffer_filled(self, nbytes: int) -> None
 
     def deliver_eof(self) -> bool | None:
         """Tell the application of EOF; return what ``eof_received`` said."""
@@ -85,10 +90,10 @@ class Head:
         self._hooks = hooks
         self.inner: Node
 
-    def receive(self, data: bytes) -> None:  # pragma: no cover - never called
+    def receive(self, data: bytes | bytearray | memoryview) -> None:  # pragma: no cover
         raise AssertionError("nothing is outside the head")
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self._hooks.write_raw(data)
 
 
@@ -116,20 +121,35 @@ class Tail:
         self.outer: Node
         self.backlog: deque[object] = deque()
         self.paused = False
+        self._app_buffer = getattr(hooks, "app_buffer", None)
+        self._app_buffer_filled = getattr(hooks, "app_buffer_filled", None)
 
-    def receive(self, data: bytes) -> None:
-        if self._chain.closing or self._chain.dead:
+    def receive(self, data: bytes | bytearray | memoryview) -> None:
+        chain = self._chain
+        if chain.closing or chain.dead:
             # As with asyncio's transports: after close() or abort(), no more
             # data is received (a close still reads what its shutdown needs).
             return
-        if self.backlog or self.paused or self._chain.in_app_call:
-            self.backlog.append(data)
+        if self.backlog or self.paused or chain._app_calls:
+            self.backlog.append(bytes(data))
             if not self.paused:
                 self._hooks.schedule_flush()
             return
         self._hooks.deliver_data(data)
 
-    def write(self, data: bytes | memoryview) -> None:  # pragma: no cover
+    def app_buffer(self, size: int) -> memoryview | None:
+        get = self._app_buffer
+        if get is None or self.backlog or self.paused:
+            return None
+        chain = self._chain
+        if chain.closing or chain.dead or chain._app_calls:
+            return None
+        return get(size)  # type: ignore[no-any-return]
+
+    def app_buffer_filled(self, nbytes: int) -> None:
+        self._app_buffer_filled(nbytes)  # type: ignore[misc]
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:  # pragma: no cover
         raise AssertionError("nothing is inside the tail")
 
     def eof(self, layer: Layer | None) -> None:
@@ -263,8 +283,8 @@ class Chain:
 
     # -- incoming flow --------------------------------------------------------
 
-    def feed(self, data: bytes) -> None:
-        """Bytes from the socket."""
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes from the socket (valid only during the call)."""
         if not self.dead:
             self.head.inner.receive(data)
 

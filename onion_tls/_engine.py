@@ -70,7 +70,7 @@ class Engine(Protocol):
     #: The layer's depth, for log lines (set once the layer is spliced in).
     depth: int
 
-    def feed(self, data: bytes | memoryview) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Give the engine ciphertext received from the peer."""
 
     def do_handshake(self) -> bool:
@@ -80,27 +80,20 @@ class Engine(Protocol):
         """Decrypt up to ``max_bytes``; ``b""`` means more input is needed.
         Raises :class:`PeerClosed` on close_notify."""
 
-    #: True when :meth:`unread` works: the layer may then feed the engine
-    #: any chunk, not one whole record at a time.
-    can_unread: bool
-
     def read_into(self, buffer: memoryview) -> int:
         """Decrypt into ``buffer``; returns how many bytes, 0 when more input
         is needed.  Raises :class:`PeerClosed` on close_notify."""
 
-    def unread(self) -> bytes:
-        """Take back (and forget) the bytes fed but not read yet: after the
-        peer's close_notify, exactly the bytes that followed it."""
-
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         """Encrypt ``data``; returns how much was taken (0 only while a TLS
         1.2 renegotiation waits for the peer)."""
 
     def shutdown(self) -> None:
         """Queue our close_notify."""
 
-    def take_output(self) -> bytes:
-        """Return (and forget) the ciphertext waiting to go to the peer."""
+    def take_output(self) -> bytes | bytearray:
+        """Return (and forget) the ciphertext waiting to go to the peer (a
+        new object: the caller may keep it)."""
 
     # What the layer view reports.
     def requested_server_name(self) -> str | None:
@@ -383,7 +376,7 @@ class ClientHelloSNI:
         self.done = False
         self.name: str | None = None
 
-    def feed(self, data: bytes | memoryview) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self.done:
             return
         self._buf += data

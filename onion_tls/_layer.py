@@ -47,6 +47,7 @@ import enum
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
+from . import _buffers
 from ._engine import Engine, EngineError, PeerClosed
 from ._records import RecordFramer
 from .errors import HandshakeError, OnionError, TLSProtocolError
@@ -54,12 +55,15 @@ from .errors import HandshakeError, OnionError, TLSProtocolError
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-__all__ = ["ChainEvents", "Layer", "LayerState", "Node"]
+__all__ = ["AppEnd", "ChainEvents", "Layer", "LayerState", "Node"]
 
 # Plaintext is handed to the engine in slices of this size: large writes are
 # never copied as a whole, and the ciphertext of one slice is sent on before
 # the next slice is encrypted.
 _WRITE_SLICE = 256 * 1024
+# The most plaintext one TLS record carries (RFC 8446 section 5.1).
+_MAX_PLAINTEXT = 2**14
+_EMPTY = memoryview(b"")
 
 
 class LayerState(enum.Enum):
@@ -85,11 +89,24 @@ _ALLOWED: dict[LayerState, frozenset[LayerState]] = {
 
 
 class Node(Protocol):
-    """What a layer's neighbours offer (other layers and the sentinels)."""
+    """What a layer's neighbours offer (other layers and the sentinels).
+    ``receive`` gets a buffer valid only during the call; ``write`` gets
+    one the node may keep (it is never modified afterwards)."""
 
-    def receive(self, data: bytes) -> None: ...
+    def receive(self, data: bytes | bytearray | memoryview) -> None: ...
 
-    def write(self, data: bytes | memoryview) -> None: ...
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+
+class AppEnd(Node, Protocol):
+    """The tail sentinel, as the innermost layer sees it."""
+
+    def app_buffer(self, size: int) -> memoryview | None:
+        """The application's own buffer to decrypt into, when it has one
+        and may be given data now; else None (use ``receive``)."""
+
+    def app_buffer_filled(self, nbytes: int) -> None:
+        """``nbytes`` were written at the start of the last app_buffer()."""
 
 
 class ChainEvents(Protocol):
@@ -123,7 +140,7 @@ class Layer:
         #: The public read-only view (:class:`onion_tls.TLSLayer`).
         self.view: object = None
         self._framer = RecordFramer()
-        self._pending: deque[bytes | memoryview] = deque()
+        self._pending: deque[bytes | bytearray | memoryview] = deque()
         self.pending_size = 0
 
     def __repr__(self) -> str:
@@ -159,8 +176,9 @@ class Layer:
 
     # -- incoming flow --------------------------------------------------------
 
-    def receive(self, data: bytes) -> None:
-        """Ciphertext from ``outer``."""
+    def receive(self, data: bytes | bytearray | memoryview) -> None:
+        """Ciphertext from ``outer``.  ``data`` is only valid during the
+        call (it may be a scratch buffer): whatever is kept is copied."""
         state = self.state
         if state is LayerState.PEER_CLOSED or state is LayerState.CLOSED:
             # After the peer's close_notify: these bytes belong beneath.
@@ -170,38 +188,126 @@ class Layer:
             return
         framer = self._framer
         framer.feed(data)
+        try:
+            self._pump()
+        finally:
+            framer.detach()
+
+    def _pump(self) -> None:
+        """Feed the engine whole records, one at a time, and move what they
+        decrypt to ``inner``.
+
+        Plaintext for another layer is gathered in a scratch buffer and
+        handed on in one piece (that layer frames it again).  Plaintext for
+        the application is handed on record by record, so an application
+        that splices a layer in from ``data_received`` has the very next
+        record go through it; a ``BufferedProtocol`` application gets it
+        decrypted straight into its own buffer.
+        """
+        framer = self._framer
+        engine = self.engine
+        buf: bytearray | None = None
+        view = _EMPTY
+        used = 0
+        try:
+            while True:
+                record = framer.next_record()
+                if record is None:
+                    if used:
+                        self.inner.receive(view[:used])
+                        used = 0
+                    if framer.error is not None and self.state in _READING:
+                        self._garbage(framer.error)
+                    return
+                engine.feed(record)
+                if self.state is LayerState.HANDSHAKING:
+                    self._handshake_step()
+                    if self.state not in _READING:
+                        return
+                    continue
+                inner = self.inner
+                if not isinstance(inner, Layer):
+                    assert not used
+                    # The tail: the application's data, one record at a time.
+                    if not self._read_to_tail(inner):  # type: ignore[arg-type]
+                        return
+                    continue
+                if buf is None:
+                    buf = _buffers.take()
+                    view = memoryview(buf)
+                elif len(buf) - used < _MAX_PLAINTEXT:
+                    inner.receive(view[:used])
+                    used = 0
+                    if self.state not in _READING:
+                        return
+                try:
+                    n = engine.read_into(view[used:])
+                except PeerClosed:
+                    if used:
+                        inner.receive(view[:used])
+                        used = 0
+                    self._peer_closed()
+                    return
+                except EngineError as exc:
+                    if used:
+                        inner.receive(view[:used])
+                        used = 0
+                    self._fail_engine(exc)
+                    return
+                if n:
+                    used += n
+                else:
+                    self._after_control_record()
+        finally:
+            if buf is not None:
+                _buffers.give(buf)
+
+    def _read_to_tail(self, tail: AppEnd) -> bool:
+        """Decrypt the record just fed and deliver it; False when this layer
+        stopped reading (closed by the peer, broken, or the app aborted)."""
         engine = self.engine
         while True:
-            record = framer.next_record()
-            if record is None:
-                if framer.error is not None:
-                    self._garbage(framer.error)
-                return
-            engine.feed(record)
-            if self.state is LayerState.HANDSHAKING:
-                self._handshake_step()
-            else:
-                self._read_record(len(record))
+            target = tail.app_buffer(_MAX_PLAINTEXT)
+            scratch: bytearray | None = None
+            if target is None:
+                scratch = _buffers.take()
+                target = memoryview(scratch)
+            try:
+                try:
+                    n = engine.read_into(target)
+                except PeerClosed:
+                    self._peer_closed()
+                    return False
+                except EngineError as exc:
+                    self._fail_engine(exc)
+                    return False
+                if not n:
+                    self._after_control_record()
+                    return self.state in _READING
+                full = n == len(target)
+                if scratch is None:
+                    tail.app_buffer_filled(n)
+                else:
+                    tail.receive(target[:n])
+            finally:
+                if scratch is not None:
+                    _buffers.give(scratch)
             if self.state not in _READING:
-                return
+                return False
+            if not full:
+                return True
+            # The buffer was too small for the whole record: read the rest.
 
-    def _read_record(self, size: int) -> None:
-        try:
-            data = self.engine.read(size)
-        except PeerClosed:
-            self._flush_output()
-            self._on_peer_close_notify()
-            return
-        except EngineError as exc:
-            self._fail_engine(exc)
-            return
-        if data:
-            self.inner.receive(data)
-        else:
-            # Tickets, KeyUpdate, alerts: the engine may have an answer.
-            self._flush_output()
-            if self._pending and self.state is LayerState.OPEN:
-                self._flush_pending()
+    def _after_control_record(self) -> None:
+        # Tickets, KeyUpdate, alerts: the engine may have an answer, and a
+        # write that waited for the peer (TLS 1.2 renegotiation) may go on.
+        self._flush_output()
+        if self._pending and self.state is LayerState.OPEN:
+            self._flush_pending()
+
+    def _peer_closed(self) -> None:
+        self._flush_output()
+        self._on_peer_close_notify()
 
     def _on_peer_close_notify(self) -> None:
         self.held += self._framer.take_rest()
@@ -228,7 +334,7 @@ class Layer:
 
     # -- outgoing flow --------------------------------------------------------
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         """Plaintext from ``inner``."""
         state = self.state
         if (state is LayerState.OPEN or state is LayerState.PEER_CLOSED) and not self._pending:
@@ -241,7 +347,7 @@ class Layer:
         else:
             raise AssertionError(f"layer {self.depth}: write while {state.value}")
 
-    def _encrypt(self, data: bytes | memoryview) -> None:
+    def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
         size = len(data)
         if size <= _WRITE_SLICE:
             self._encrypt_slice(data)
@@ -257,7 +363,7 @@ class Layer:
             else:
                 self._encrypt_slice(piece)
 
-    def _encrypt_slice(self, data: bytes | memoryview) -> None:
+    def _encrypt_slice(self, data: bytes | bytearray | memoryview) -> None:
         # An engine may take less than everything (pyOpenSSL contexts enable
         # partial writes: one record per call), and nothing at all while a
         # TLS 1.2 renegotiation waits for the peer: the rest is then retried,
@@ -296,7 +402,7 @@ class Layer:
         if out:
             self.outer.write(out)
 
-    def pending_writes(self) -> Iterable[bytes | memoryview]:
+    def pending_writes(self) -> Iterable[bytes | bytearray | memoryview]:
         return tuple(self._pending)
 
     # -- shutdown flow --------------------------------------------------------

@@ -47,7 +47,7 @@ def set_payload_debug(enabled: bool) -> None:
     switch.on = bool(enabled)
 
 
-def payload(depth: int, direction: str, data: bytes | memoryview) -> None:
+def payload(depth: int, direction: str, data: bytes | bytearray | memoryview) -> None:
     """Log one piece of plaintext (call only when ``switch.on``)."""
     if not logger.isEnabledFor(logging.DEBUG):
         return

@@ -38,7 +38,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
 
@@ -64,16 +64,16 @@ __all__ = ["PyOpenSSLEngine"]
 # gives ~64.1 KiB of records).
 _OUT_CHUNK = 256 * 1024
 
-# The direct path.  pyOpenSSL's Connection has no public way to ask how much
-# a memory BIO holds, to take fed bytes back, to decrypt into a caller's
-# buffer without an extra temporary buffer and copy, or to turn partial
-# writes off; and recv()/bio_read() allocate a fresh buffer per call, and
-# raise WantReadError each time the BIO runs dry.  The engine therefore calls
-# OpenSSL through the cffi binding pyOpenSSL itself uses, on the SSL object
-# and the two memory BIOs of its own Connection, and leaves every error to
-# pyOpenSSL's own error mapping.  When those internals are missing (another
-# pyOpenSSL), everything goes through the public API instead: the layer then
-# feeds its engine one record at a time (``can_unread`` is False).
+# The direct path (speed only; layer boundaries never depend on it: the layer
+# feeds one whole record at a time whatever the engine).  pyOpenSSL's
+# Connection has no public way to ask how much a memory BIO holds, to decrypt
+# into a caller's buffer without an extra temporary buffer and copy, or to
+# turn partial writes off; and recv()/bio_read() allocate a fresh zeroed
+# buffer per call, and raise WantReadError each time the BIO runs dry.  The
+# engine therefore calls OpenSSL through the cffi binding pyOpenSSL itself
+# uses, on the SSL object and the two memory BIOs of its own Connection, and
+# leaves every error to pyOpenSSL's own error mapping.  When those internals
+# are missing (another pyOpenSSL), everything goes through the public API.
 try:
     from OpenSSL._util import ffi as _ffi
     from OpenSSL._util import lib as _lib
@@ -155,9 +155,6 @@ class PyOpenSSLEngine:
         self._direct = _DIRECT_API and all(
             hasattr(conn, name) for name in ("_ssl", "_into_ssl", "_from_ssl", "_raise_ssl_error")
         )
-        #: The layer may feed whole chunks: :meth:`unread` gives back what
-        #: follows the peer's close_notify.
-        self.can_unread = self._direct
         if self._direct:
             self._ssl = conn._ssl
             self._rbio = conn._into_ssl
@@ -248,7 +245,7 @@ class PyOpenSSLEngine:
 
     # -- the engine interface -------------------------------------------------
 
-    def feed(self, data: bytes | memoryview) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         sni = self._sni
         if sni is not None and not sni.done:
             sni.feed(data)
@@ -317,17 +314,7 @@ class PyOpenSSLEngine:
             raise EngineError(f"read failed ({exc})") from None
         raise self._error(exc) from None
 
-    def unread(self) -> bytes:
-        if not self._direct:  # pragma: no cover - the layer checks can_unread
-            raise RuntimeError("this engine cannot give fed bytes back")
-        size = _lib.BIO_get_mem_data(self._rbio, _ffi.NULL)
-        if size <= 0:
-            return b""
-        buf = _ffi.new("char[]", size)
-        got = _lib.BIO_read(self._rbio, buf, size)
-        return cast(bytes, _ffi.buffer(buf, max(got, 0))[:])
-
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         try:
             n = self._conn.send(data)
         except SSL.WantReadError:
@@ -344,11 +331,17 @@ class PyOpenSSLEngine:
         except SSL.Error as exc:
             raise self._error(exc) from None
 
-    def take_output(self) -> bytes:
+    def take_output(self) -> bytes | bytearray:
         if self._direct:
-            # Exactly what the BIO holds, in one allocation and one call.
+            # Exactly what the BIO holds, copied once into a new buffer that
+            # is handed on and never reused (bio_read() would allocate a
+            # zeroed temporary buffer and copy twice).
             size = _lib.BIO_get_mem_data(self._wbio, _ffi.NULL)
-            return self._conn.bio_read(size) if size > 0 else b""
+            if size <= 0:
+                return b""
+            buf = bytearray(size)
+            _lib.BIO_read(self._wbio, _ffi.from_buffer(buf), size)
+            return buf
         out = b""
         while True:
             try:

@@ -44,7 +44,9 @@ class RecordFramer:
     (header included) or ``None``.  Records that arrive whole in one chunk are
     returned as memoryview slices of that chunk, without copying; only a record split
     across chunks is assembled in a buffer.  ``take_rest()`` hands back every
-    byte not yet returned, in order.
+    byte not yet returned, in order.  The framer refers to the last chunk fed
+    until ``detach()`` (or the next ``feed()``), so a caller that reuses the
+    chunk's memory detaches first.
     """
 
     __slots__ = ("_chunk", "_partial", "_pos", "error")
@@ -116,6 +118,14 @@ class RecordFramer:
         if take > 0:
             self._partial += chunk[pos : pos + take]
             self._pos = pos + take
+
+    def detach(self) -> None:
+        """Stop referring to the chunk last fed: copy what is left of it.
+        Called before that chunk's memory is reused (scratch buffers)."""
+        chunk, pos = self._chunk, self._pos
+        if pos < len(chunk):
+            self._partial += chunk[pos:]
+        self._chunk, self._pos = _EMPTY, 0
 
     def take_rest(self) -> bytes:
         """Return and forget every byte not yet handed out as a record."""

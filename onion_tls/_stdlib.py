@@ -112,7 +112,7 @@ class StdlibEngine:
 
     # -- the engine interface -------------------------------------------------
 
-    def feed(self, data: bytes | memoryview) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         sni = self._sni
         if sni is not None and not sni.done:
             sni.feed(data)
@@ -146,9 +146,6 @@ class StdlibEngine:
             _log.payload(self.depth, "decrypted", data)
         return data
 
-    #: The incoming BIO gives back what follows the peer's close_notify.
-    can_unread = True
-
     def read_into(self, buffer: memoryview) -> int:
         try:
             # With a buffer, read() returns a count (typeshed says bytes).
@@ -167,12 +164,7 @@ class StdlibEngine:
             _log.payload(self.depth, "decrypted", buffer[:n])
         return n
 
-    def unread(self) -> bytes:
-        # OpenSSL reads one record at a time from the BIO (no read-ahead), so
-        # what is still there is exactly what follows the last record read.
-        return self._in.read() if self._in.pending else b""
-
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         try:
             n = self._obj.write(data)
         except ssl.SSLWantReadError:

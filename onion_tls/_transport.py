@@ -22,6 +22,7 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
+from . import _buffers
 from ._chain import Chain
 from ._engine import new_engine
 from ._layer import Layer
@@ -62,12 +63,17 @@ def _check_timeout(name: str, value: float | None) -> float | None:
     return float(value)
 
 
-class OnionProtocol(asyncio.Protocol):
+class OnionProtocol(asyncio.BufferedProtocol):
     """The protocol the event loop sees; it owns the layer chain.
 
     ``OnionProtocol(app_protocol)`` wraps any ``asyncio.Protocol`` or
     ``asyncio.BufferedProtocol``; :func:`wrap` builds a factory of these for
     ``loop.create_connection`` and ``loop.create_server``.
+
+    It reads the socket as a ``BufferedProtocol``, into a scratch buffer lent
+    for the duration of one read (:mod:`._buffers`): no allocation per read,
+    and no read buffer held by an idle connection.  ``data_received`` works
+    too, for transports that deliver bytes.
     """
 
     def __init__(self, app_protocol: asyncio.BaseProtocol) -> None:
@@ -92,6 +98,7 @@ class OnionProtocol(asyncio.Protocol):
         self._queue_over = False
         self._app_write_paused = False
         self._raw_read_paused = False
+        self._rbuf: bytearray | None = None
 
     # -- asyncio.Protocol: what the event loop calls -----------------------
 
@@ -100,11 +107,30 @@ class OnionProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._app.connection_made(self.transport)
 
+    def get_buffer(self, sizehint: int) -> bytearray:
+        buf = self._rbuf
+        if buf is None:
+            buf = self._rbuf = _buffers.take()
+        return buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        buf = self._rbuf
+        if buf is None:  # pragma: no cover - the loop always asks first
+            raise RuntimeError("buffer_updated() without get_buffer()")
+        self._rbuf = None
+        try:
+            with memoryview(buf) as view:
+                self._chain.feed(view[:nbytes])
+        finally:
+            _buffers.give(buf)
+        self._after_chain_change()
+
     def data_received(self, data: bytes) -> None:
         self._chain.feed(data)
         self._after_chain_change()
 
     def eof_received(self) -> bool:
+        self._drop_read_buffer()
         self._peer_eof = True
         self._chain.feed_eof()
         # The chain closes the socket itself when it should.
@@ -114,6 +140,7 @@ class OnionProtocol(asyncio.Protocol):
         if self._lost:
             return
         self._lost = True
+        self._drop_read_buffer()
         chain = self._chain
         chain.mark_dead()
         if self._grace is not None:
@@ -144,6 +171,11 @@ class OnionProtocol(asyncio.Protocol):
         finally:
             self._raw = None
 
+    def _drop_read_buffer(self) -> None:
+        buf, self._rbuf = self._rbuf, None
+        if buf is not None:
+            _buffers.give(buf)
+
     def pause_writing(self) -> None:
         self._raw_write_paused = True
         self._update_app_writing()
@@ -154,15 +186,15 @@ class OnionProtocol(asyncio.Protocol):
 
     # -- ChainHooks: what the chain asks of the world ---------------------------
 
-    def write_raw(self, data: bytes | memoryview) -> None:
+    def write_raw(self, data: bytes | bytearray | memoryview) -> None:
         raw = self._raw
         if raw is not None and not self._lost:
             raw.write(data)
 
-    def deliver_data(self, data: bytes) -> None:
+    def deliver_data(self, data: bytes | bytearray | memoryview) -> None:
         app = self._app
         if not self._buffered:
-            app.data_received(data)  # type: ignore[attr-defined]
+            app.data_received(data if type(data) is bytes else bytes(data))  # type: ignore[attr-defined]
             return
         view = memoryview(data)
         while view:
@@ -173,6 +205,18 @@ class OnionProtocol(asyncio.Protocol):
             memoryview(buf)[:n] = view[:n]
             app.buffer_updated(n)  # type: ignore[attr-defined]
             view = view[n:]
+
+    def app_buffer(self, size: int) -> memoryview | None:
+        if not self._buffered:
+            return None
+        buf = self._app.get_buffer(size)  # type: ignore[attr-defined]
+        view = memoryview(buf).cast("B")
+        if not view:
+            raise RuntimeError("get_buffer() returned an empty buffer")
+        return view
+
+    def app_buffer_filled(self, nbytes: int) -> None:
+        self._app.buffer_updated(nbytes)  # type: ignore[attr-defined]
 
     def deliver_eof(self) -> bool | None:
         return self._app.eof_received()  # type: ignore[attr-defined, no-any-return]

@@ -196,6 +196,24 @@ def _pyopenssl_version(ctx: SSL.Context, version: str | None) -> None:
 
 # -- in-memory transports -------------------------------------------------------
 
+
+def _deliver(protocol: asyncio.BaseProtocol | None, data: bytes) -> None:
+    """Hand ``data`` to ``protocol`` as an event loop would: through
+    ``get_buffer``/``buffer_updated`` for a ``BufferedProtocol``."""
+    if isinstance(protocol, asyncio.BufferedProtocol):
+        view = memoryview(data)
+        while view:
+            buf = memoryview(protocol.get_buffer(len(view))).cast("B")
+            n = min(len(buf), len(view))
+            if n == 0:
+                raise RuntimeError("get_buffer() returned an empty buffer")
+            buf[:n] = view[:n]
+            protocol.buffer_updated(n)
+            view = view[n:]
+    elif protocol is not None:
+        protocol.data_received(data)  # type: ignore[attr-defined]
+
+
 Chunker = Callable[[bytes], Iterable[bytes]]
 
 
@@ -416,7 +434,7 @@ class MemoryPipe:
             for piece in pieces:
                 if dst._lost:
                     break
-                dst.protocol.data_received(piece)  # type: ignore[union-attr]
+                _deliver(dst.protocol, piece)
             return True
         if src.outgoing:
             return False
