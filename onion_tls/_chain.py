@@ -211,7 +211,7 @@ class Chain:
         self.stopping: Layer | None = None
         #: Application writes made while a stop is pending: they go out
         #: through the layer beneath once the pop is done.
-        self._held_writes: deque[bytes] = deque()
+        self._held_writes: deque[bytes | bytearray] = deque()
         self._held_size = 0
         self.closing = False
         self.dead = False
@@ -429,15 +429,19 @@ class Chain:
 
     # -- outgoing flow --------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
+        """An application write (``data`` is never modified afterwards)."""
         if self.dead or self.closing:
             return
         if self.stopping is not None:
             self._held_writes.append(data)
             self._held_size += len(data)
             return
-        with self.app_call():
+        self._app_calls += 1
+        try:
             self.tail.outer.write(data)
+        finally:
+            self._app_calls -= 1
 
     # -- what layers report ---------------------------------------------------
 

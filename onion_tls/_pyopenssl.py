@@ -5,24 +5,31 @@ ciphertext in, ``bio_read`` takes ours out.
 
 Verification.  pyOpenSSL does not check the server's name, so a client layer
 with ``server_hostname`` installs a verify callback on its own connection
-(the caller's context is not touched): the chain is checked by OpenSSL
-against the context's trust store, and the leaf certificate's name (or IP
-address, when ``server_hostname`` is one) by ``service_identity``, during the
+(the caller's context is not touched) and has the name checked during the
 handshake, so a mismatch fails the handshake before the client's Finished
-and OpenSSL sends the peer an alert (``internal_error`` for a name mismatch:
-pyOpenSSL offers no public way to set the X509 error a verify callback
-reports; the stdlib engine sends ``bad_certificate``).  That callback
-replaces, for this connection, a verify callback set on the context, and
-verifies even if the context says ``VERIFY_NONE`` (there is no
+and OpenSSL sends the peer an alert.  With the direct path (below) OpenSSL
+checks the name itself, with the ssl module's rules (``X509_VERIFY_PARAM``:
+subjectAltName only, no partial wildcards; an IP address against IP SANs)
+and the peer gets ``bad_certificate``, as from the stdlib engine; without it
+the callback asks ``service_identity`` and the peer gets ``internal_error``
+(pyOpenSSL offers no public way to set the X509 error a callback reports).
+The callback replaces, for this connection, a verify callback set on the
+context, and verifies even if the context says ``VERIFY_NONE`` (there is no
 ``check_hostname`` to turn off).  Without ``server_hostname`` the context's
 own settings apply.
 
-Resumption.  pyOpenSSL has no public ``SSL_session_reused``; the connection's
-info callback tells instead: a full handshake moves the server's certificate
-(the client reads it, the server writes it), a resumed one does not.  The
-same callback sees TLS 1.3 tickets arrive (after the handshake) and the
-alerts both ways, for the log.  It replaces, for this connection, an info
-callback set on the context.
+Resumption.  pyOpenSSL has no public ``SSL_session_reused``.  With the
+direct path the engine asks OpenSSL (``SSL_session_reused``), and tells that
+a TLS 1.3 ticket arrived by the client's session being replaced (OpenSSL
+makes a new session object per ticket; the handshake's session is held so
+its address cannot be reused meanwhile).  Without it the connection's info
+callback tells instead: a full handshake moves the server's certificate (the
+client reads it, the server writes it), a resumed one does not; the same
+callback sees tickets arrive.  The info callback also logs alerts both ways;
+it costs a Python call per handshake step, so with the direct path it is
+installed only while the ``onion_tls`` logger is enabled for DEBUG when the
+layer starts.  It replaces, for this connection, an info callback set on the
+context.
 
 ``SSLKEYLOGFILE``.  OpenSSL has key logging only per context, so when the
 variable is set the engine installs its key-log callback on the context
@@ -36,6 +43,7 @@ writing when the variable is unset.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -83,6 +91,7 @@ _DIRECT_API = _lib is not None and all(
     hasattr(_lib, name)
     for name in (
         "SSL_read",
+        "SSL_write",
         "SSL_get_error",
         "SSL_clear_mode",
         "SSL_MODE_ENABLE_PARTIAL_WRITE",
@@ -90,7 +99,29 @@ _DIRECT_API = _lib is not None and all(
         "BIO_read",
         "BIO_write",
         "BIO_get_mem_data",
+        "SSL_session_reused",
+        "SSL_get_session",
+        "SSL_get1_session",
+        "SSL_SESSION_free",
     )
+)
+_HOST_CHECK_API = _DIRECT_API and all(
+    hasattr(_lib, name)
+    for name in (
+        "SSL_get0_param",
+        "X509_VERIFY_PARAM_set1_host",
+        "X509_VERIFY_PARAM_set1_ip",
+        "X509_VERIFY_PARAM_set_hostflags",
+        "X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS",
+        "X509_CHECK_FLAG_NEVER_CHECK_SUBJECT",
+        "X509_V_ERR_HOSTNAME_MISMATCH",
+        "X509_V_ERR_IP_ADDRESS_MISMATCH",
+    )
+)
+_NAME_ERRORS = (
+    (_lib.X509_V_ERR_HOSTNAME_MISMATCH, _lib.X509_V_ERR_IP_ADDRESS_MISMATCH)
+    if _HOST_CHECK_API
+    else (62, 64)
 )
 _keylog_lock = threading.Lock()
 
@@ -120,6 +151,24 @@ def _ssl_error_text(exc: SSL.Error) -> tuple[str, bool]:
     return text, any("alert" in r for r in reasons)
 
 
+def _check_name(ssl: Any, host: str) -> bool:
+    """Have OpenSSL check ``host`` (a DNS name or an IP address) against the
+    peer's certificate during chain verification, with the ssl module's
+    rules: subjectAltName only (no common name), no partial wildcards.
+    False if OpenSSL refused the name (the callback then checks it)."""
+    param = _lib.SSL_get0_param(ssl)
+    try:
+        packed = ipaddress.ip_address(host).packed
+    except ValueError:
+        name = host.encode("idna")
+        _lib.X509_VERIFY_PARAM_set_hostflags(
+            param,
+            _lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS | _lib.X509_CHECK_FLAG_NEVER_CHECK_SUBJECT,
+        )
+        return bool(_lib.X509_VERIFY_PARAM_set1_host(param, name, len(name)) == 1)
+    return bool(_lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed)) == 1)
+
+
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -144,6 +193,10 @@ class PyOpenSSLEngine:
         self.server_hostname = server_hostname
         self.depth = 0
         self._verify_failure: str | None = None
+        #: OpenSSL checks the server's name itself (X509_VERIFY_PARAM, as
+        #: the ssl module does), during chain verification; else our verify
+        #: callback asks service_identity.
+        self._name_in_openssl = False
         self._handshake_done = False
         self._full_handshake = False
         self._tickets = 0
@@ -165,7 +218,10 @@ class PyOpenSSLEngine:
         # TLS 1.2 renegotiation is refused: a renegotiated session could change
         # identity under the application's feet; OpenSSL answers with an alert.
         conn.set_options(SSL.OP_NO_RENEGOTIATION)
-        conn.set_info_callback(self._on_info)
+        #: Ticket tracking (direct path): the session the handshake made.
+        self._hs_session: Any = None
+        if not self._direct or logger.isEnabledFor(logging.DEBUG):
+            conn.set_info_callback(self._on_info)
         if server_side:
             conn.set_accept_state()
         else:
@@ -176,6 +232,9 @@ class PyOpenSSLEngine:
                     conn.set_tlsext_host_name(server_hostname.encode("idna"))
                 mode = context.get_verify_mode() | SSL.VERIFY_PEER
                 conn.set_verify(mode, self._verify)
+                self._name_in_openssl = (
+                    self._direct and _HOST_CHECK_API and _check_name(self._ssl, server_hostname)
+                )
             if session is not None:
                 if not isinstance(session, SSL.Session):
                     raise TypeError(
@@ -191,9 +250,15 @@ class PyOpenSSLEngine:
     ) -> bool:
         if not ok:
             if self._verify_failure is None:
-                self._verify_failure = verify_error_text(errno)
+                if errno in _NAME_ERRORS and self.server_hostname:
+                    what = "IP address" if errno == _NAME_ERRORS[1] else "hostname"
+                    self._verify_failure = (
+                        f"{what} mismatch: certificate is not valid for {self.server_hostname!r}"
+                    )
+                else:
+                    self._verify_failure = verify_error_text(errno)
             return False
-        if depth == 0 and self.server_hostname:
+        if depth == 0 and self.server_hostname and not self._name_in_openssl:
             from service_identity import CertificateError, VerificationError
             from service_identity.cryptography import (
                 verify_certificate_hostname,
@@ -268,6 +333,10 @@ class PyOpenSSLEngine:
         except SSL.Error as exc:
             raise self._error(exc) from None
         self._handshake_done = True
+        if self._direct and not self.server_side:
+            held = _lib.SSL_get1_session(self._ssl)
+            if held != _ffi.NULL:
+                self._hs_session = _ffi.gc(held, _lib.SSL_SESSION_free)
         return True
 
     def read(self, max_bytes: int) -> bytes:
@@ -316,7 +385,17 @@ class PyOpenSSLEngine:
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         try:
-            n = self._conn.send(data)
+            if not data:
+                return 0
+            if self._direct:
+                n: int = _lib.SSL_write(self._ssl, _ffi.from_buffer(data), len(data))
+                if n <= 0:
+                    if _lib.SSL_get_error(self._ssl, n) == _lib.SSL_ERROR_WANT_READ:
+                        return 0
+                    self._conn._raise_ssl_error(self._ssl, n)
+                    raise EngineError(f"write failed (SSL_write returned {n})")  # pragma: no cover
+            else:
+                n = self._conn.send(data)
         except SSL.WantReadError:
             return 0
         except SSL.Error as exc:
@@ -391,12 +470,19 @@ class PyOpenSSLEngine:
     def session(self) -> object | None:
         if self.server_side or not self._handshake_done:
             return None
-        if self.version() == "TLSv1.3" and not self._tickets:
+        if self.version() == "TLSv1.3" and not self._ticket_arrived():
             return None  # no ticket yet: nothing to resume with
         return self._conn.get_session()
 
     def session_reused(self) -> bool:
+        if self._direct:
+            return self._handshake_done and bool(_lib.SSL_session_reused(self._ssl))
         return self._handshake_done and not self._full_handshake
+
+    def _ticket_arrived(self) -> bool:
+        if self._direct and self._hs_session is not None:
+            return bool(_lib.SSL_get_session(self._ssl) != self._hs_session)
+        return self._tickets > 0
 
     @property
     def ssl_object(self) -> SSL.Connection:

@@ -108,8 +108,14 @@ class RecordFramer:
             self._top_up(end - len(buf))
             if len(buf) < end:
                 return None
-        record = bytes(buf)
-        buf.clear()
+        if len(buf) == end:
+            record = bytes(buf)
+            buf.clear()
+        else:
+            # More than one record waits here (the chunk was detached with
+            # whole records left in it): hand out the first only.
+            record = bytes(buf[:end])
+            del buf[:end]
         return record
 
     def _top_up(self, want: int) -> None:

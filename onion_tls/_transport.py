@@ -43,6 +43,12 @@ __all__ = ["OnionProtocol", "OnionTransport", "wrap"]
 logger = logging.getLogger("onion_tls")
 
 _DEFAULT_HIGH = 64 * 1024
+# Gathering small writes (layers only): a write of less than this...
+_GATHER_SMALL = 16 * 1024
+# ...that follows another write in the same turn of the event loop waits
+# with the others, to be encrypted at once, at the end of the turn or when
+# this many bytes (or the high-water mark) are waiting.
+_GATHER_MAX = 64 * 1024
 # After a fatal error we close the socket so the alert can leave; if the
 # peer does not read it, the socket is aborted after this long.
 _ALERT_GRACE = 2.0
@@ -99,6 +105,12 @@ class OnionProtocol(asyncio.BufferedProtocol):
         self._app_write_paused = False
         self._raw_read_paused = False
         self._rbuf: bytearray | None = None
+        #: Small writes made since the first write of this turn of the loop
+        #: (None: no write yet this turn, the next one goes out at once).
+        self._gather: bytearray | None = None
+        #: Bytes the next write may have to be gathered without any check
+        #: (below _GATHER_SMALL and below the flush point).
+        self._gather_room = 0
 
     # -- asyncio.Protocol: what the event loop calls -----------------------
 
@@ -141,6 +153,8 @@ class OnionProtocol(asyncio.BufferedProtocol):
             return
         self._lost = True
         self._drop_read_buffer()
+        self._gather = None
+        self._gather_room = 0
         chain = self._chain
         chain.mark_dead()
         if self._grace is not None:
@@ -162,6 +176,8 @@ class OnionProtocol(asyncio.BufferedProtocol):
         # Data that was decrypted before the end still reaches the app.
         if not chain.tail.paused and not chain.closing:
             for item in tuple(chain.tail.backlog):
+                if chain.tail.paused:
+                    break
                 if isinstance(item, bytes):
                     self.deliver_data(item)
         chain.tail.backlog.clear()
@@ -197,7 +213,13 @@ class OnionProtocol(asyncio.BufferedProtocol):
             app.data_received(data if type(data) is bytes else bytes(data))  # type: ignore[attr-defined]
             return
         view = memoryview(data)
+        tail = self._chain.tail
         while view:
+            if tail.paused:
+                # The application paused reading from buffer_updated(): the
+                # rest waits, first in line, for resume_reading().
+                tail.backlog.appendleft(bytes(view))
+                return
             buf = app.get_buffer(len(view))  # type: ignore[attr-defined]
             n = min(len(buf), len(view))
             if n == 0:
@@ -341,6 +363,7 @@ class OnionProtocol(asyncio.BufferedProtocol):
     ) -> asyncio.Future[TLSLayer]:
         loop = self._require_loop()
         timeout = _check_timeout("handshake_timeout", handshake_timeout)
+        self._send_gathered()  # written before the new layer: outside it
         if server_side and server_hostname:
             raise ValueError("server_hostname is only meaningful with server_side=False")
         engine = new_engine(
@@ -374,6 +397,7 @@ class OnionProtocol(asyncio.BufferedProtocol):
     def _stop_tls(self, timeout: float | None) -> asyncio.Future[TLSLayer]:
         loop = self._require_loop()
         t = _check_timeout("timeout", timeout)
+        self._send_gathered()  # written before the stop: inside the layer
         chain = self._chain
         layer = chain.innermost()
         if self._stop is not None and layer is self._stop[0]:
@@ -401,6 +425,8 @@ class OnionProtocol(asyncio.BufferedProtocol):
         return self._loop
 
     def _abort(self) -> None:
+        self._gather = None
+        self._gather_room = 0
         self._chain.mark_dead()
         self._chain.tail.backlog.clear()  # nothing more reaches the app
         if self._error is None:
@@ -416,8 +442,72 @@ class OnionProtocol(asyncio.BufferedProtocol):
         self._update_app_writing()
         self._sync_raw_reading()
 
+    # -- writing ----------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        """An application write.  The first write of a turn of the event
+        loop is encrypted and sent at once (no added latency); small writes
+        that follow it in the same turn are gathered and encrypted together
+        into full records at the end of the turn: fewer records, engine
+        calls and socket writes, which is what small writes cost.  Gathered
+        bytes go on at once when ``_GATHER_MAX`` wait or when, with them, the
+        bytes buffered on the connection pass the high-water mark, so flow
+        control sees them as if they had not waited.  (While a write stays
+        below both, :meth:`OnionTransport.write` appends it itself: the
+        common case costs one append.)"""
+        gather = self._gather
+        if gather is not None:
+            if len(data) < _GATHER_SMALL:
+                gather += data
+                if len(gather) >= _GATHER_MAX or self._buffered_size() > self._high:
+                    self._send_gathered()
+            else:
+                self._send_gathered()
+                self._chain.write(data)
+            self._gather_room = self._room()
+            return
+        chain = self._chain
+        chain.write(data)
+        loop = self._loop
+        if loop is not None and not self._lost and chain.tail.outer is not chain.head:
+            self._gather = bytearray()
+            self._gather_room = self._room()
+            loop.call_soon(self._end_gather)
+
+    def _buffered_size(self) -> int:
+        """Bytes written by the application and not yet taken by the kernel."""
+        raw = self._raw
+        size = 0 if raw is None or self._lost else raw.get_write_buffer_size()
+        return size + self._chain.queued_size() + self.gathered_size()
+
+    def _room(self) -> int:
+        """How many bytes may be gathered without a look at flow control."""
+        gather = self._gather
+        if gather is None:
+            return 0
+        return max(0, min(_GATHER_MAX - len(gather), self._high - self._buffered_size()))
+
+    def _send_gathered(self) -> None:
+        gather = self._gather
+        if gather:
+            # A fresh buffer for what comes next: the chain may keep this one
+            # (queued behind a handshake or a stop), and it is never touched.
+            self._gather = bytearray()
+            self._chain.write(gather)
+            self._gather_room = 0  # the next write recomputes it
+
+    def _end_gather(self) -> None:
+        self._send_gathered()
+        self._gather = None
+        self._gather_room = 0
+        self._update_app_writing()
+
+    def gathered_size(self) -> int:
+        gather = self._gather
+        return len(gather) if gather is not None else 0
+
     def _update_app_writing(self) -> None:
-        size = self._chain.queued_size()
+        size = self._chain.queued_size() + self.gathered_size()
         if self._queue_over:
             if size <= self._low:
                 self._queue_over = False
@@ -564,6 +654,7 @@ class OnionTransport(asyncio.Transport):
         p = self._p
         if p._raw is None or p._lost:
             return
+        p._send_gathered()
         p._chain.close()
         p._after_chain_change()
 
@@ -607,6 +698,7 @@ class OnionTransport(asyncio.Transport):
             raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
         p = self._p
         p._high, p._low = high, low
+        p._gather_room = 0  # the next write recomputes it
         if p._raw is not None:
             p._raw.set_write_buffer_limits(high, low)
         p._update_app_writing()
@@ -617,17 +709,25 @@ class OnionTransport(asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         p = self._p
         raw = 0 if p._raw is None or p._lost else p._raw.get_write_buffer_size()
-        return raw + p._chain.queued_size()
+        return raw + p._chain.queued_size() + p.gathered_size()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        p = self._p
+        if type(data) is bytes:
+            n = len(data)
+            gather = p._gather
+            if n < p._gather_room and n < _GATHER_SMALL and gather is not None:
+                # The common case of a small write in a busy turn: gathered.
+                gather += data
+                p._gather_room -= n
+                return
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data: expecting a bytes-like instance, got {type(data).__name__}")
         if not data:
             return
-        p = self._p
         if not isinstance(data, bytes):
             data = bytes(data)
-        p._chain.write(data)
+        p._write(data)
         p._update_app_writing()
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
@@ -635,6 +735,7 @@ class OnionTransport(asyncio.Transport):
 
     def write_eof(self) -> None:
         p = self._p
+        p._send_gathered()
         if p._chain.layers():
             raise LayerStateError(
                 "TLS has no half-close: use stop_tls() to unwrap or close() to end"

@@ -35,7 +35,7 @@ def rows(table: str, name: str) -> list[str]:
     return [line for line in table.splitlines() if line.startswith(name + " ")]
 
 
-NUM = r"\s+(\d+(?:\.\d)?)"
+NUM = r"\s+(\d+(?:\.\d+)?)"
 CELL = re.compile(rf"\|{NUM}{NUM}\s+(\d+\.\d\d)x")
 
 
@@ -88,9 +88,11 @@ def test_quick_bench_prints_a_table() -> None:
     assert "!" not in out, out  # no failed cell
     for loop in loops.split(","):
         assert f"loop {loop}" in out
+        assert f"CPU cost, {loop}" in out
     for name in ("sink-64k-plain", "echo-1k-buffered", "handshake"):
         found = rows(out, name)
-        assert len(found) == len(loops.split(",")), out
+        # a throughput row and a CPU cost row per loop
+        assert len(found) == 2 * len(loops.split(",")), out
         for row in found:
             cells = CELL.findall(row)
             assert len(cells) == 2, row  # depth 1 and depth 2: both measured, with a ratio
@@ -124,6 +126,7 @@ def test_quick_bench_stdlib_engine() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "onion_tls engine stdlib" in proc.stdout
-    (row,) = rows(proc.stdout, "sink-1k-plain")
-    assert len(CELL.findall(row)) == 1
+    throughput, cost = rows(proc.stdout, "sink-1k-plain")
+    assert len(CELL.findall(throughput)) == 1
+    assert len(CELL.findall(cost)) == 1
     assert "idle" not in proc.stdout
