@@ -225,17 +225,17 @@ class Layer:
                     if self.state not in _READING:
                         return
                     continue
-                inner = self.inner
-                if not isinstance(inner, Layer):
-                    assert not used
-                    # The tail: the application's data, one record at a time.
-                    if not self._read_to_tail(inner):  # type: ignore[arg-type]
-                        return
-                    continue
                 if buf is None:
                     buf = _buffers.take()
                     view = memoryview(buf)
-                elif len(buf) - used < _MAX_PLAINTEXT:
+                inner = self.inner
+                if not isinstance(inner, Layer):
+                    # The tail: the application's data, one record at a time.
+                    assert not used
+                    if not self._read_to_tail(inner, view):  # type: ignore[arg-type]
+                        return
+                    continue
+                if len(buf) - used < _MAX_PLAINTEXT:
                     inner.receive(view[:used])
                     used = 0
                     if self.state not in _READING:
@@ -262,39 +262,34 @@ class Layer:
             if buf is not None:
                 _buffers.give(buf)
 
-    def _read_to_tail(self, tail: AppEnd) -> bool:
-        """Decrypt the record just fed and deliver it; False when this layer
-        stopped reading (closed by the peer, broken, or the app aborted)."""
+    def _read_to_tail(self, tail: AppEnd, scratch: memoryview) -> bool:
+        """Decrypt the record just fed and deliver it, into the application's
+        own buffer when it has one, else from ``scratch``; False when this
+        layer stopped reading (closed by the peer, broken, or aborted)."""
         engine = self.engine
         while True:
             target = tail.app_buffer(_MAX_PLAINTEXT)
-            scratch: bytearray | None = None
+            direct = target is not None
             if target is None:
-                scratch = _buffers.take()
-                target = memoryview(scratch)
+                target = scratch
             try:
-                try:
-                    n = engine.read_into(target)
-                except PeerClosed:
-                    self._peer_closed()
-                    return False
-                except EngineError as exc:
-                    self._fail_engine(exc)
-                    return False
-                if not n:
-                    self._after_control_record()
-                    return self.state in _READING
-                full = n == len(target)
-                if scratch is None:
-                    tail.app_buffer_filled(n)
-                else:
-                    tail.receive(target[:n])
-            finally:
-                if scratch is not None:
-                    _buffers.give(scratch)
+                n = engine.read_into(target)
+            except PeerClosed:
+                self._peer_closed()
+                return False
+            except EngineError as exc:
+                self._fail_engine(exc)
+                return False
+            if not n:
+                self._after_control_record()
+                return self.state in _READING
+            if direct:
+                tail.app_buffer_filled(n)
+            else:
+                tail.receive(scratch[:n])
             if self.state not in _READING:
                 return False
-            if not full:
+            if n < len(target):
                 return True
             # The buffer was too small for the whole record: read the rest.
 

@@ -44,7 +44,7 @@ logger = logging.getLogger("onion_tls")
 
 _DEFAULT_HIGH = 64 * 1024
 # Gathering small writes (layers only): a write of less than this...
-_GATHER_SMALL = 16 * 1024
+_GATHER_SMALL = 32 * 1024
 # ...that follows another write in the same turn of the event loop waits
 # with the others, to be encrypted at once, at the end of the turn or when
 # this many bytes (or the high-water mark) are waiting.
