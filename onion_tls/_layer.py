@@ -18,6 +18,11 @@ Inward, a layer cuts what it receives into whole TLS records
 is what makes unwrapping exact: when the engine reports the peer's
 close_notify, every byte the layer has not fed yet belongs to the layer
 beneath, and is kept in ``held`` until the chain decides where it goes.
+Records are decrypted into a scratch buffer lent for the call
+(:mod:`onion_tls._buffers`): the plaintext for an inner layer is handed on
+in one piece per incoming chunk, the application's record by record (or
+straight into a ``BufferedProtocol``'s own buffer).  What ``receive`` is
+given is only valid during the call; whatever a node keeps, it copies.
 
 Outward, plaintext written before the handshake is complete waits in
 ``_pending`` and is encrypted, in order, the moment the handshake ends;

@@ -94,7 +94,9 @@ _DIRECT_API = _lib is not None and all(
         "SSL_write",
         "SSL_get_error",
         "SSL_clear_mode",
+        "SSL_set_mode",
         "SSL_MODE_ENABLE_PARTIAL_WRITE",
+        "SSL_MODE_RELEASE_BUFFERS",
         "SSL_ERROR_WANT_READ",
         "BIO_read",
         "BIO_write",
@@ -215,6 +217,9 @@ class PyOpenSSLEngine:
             # A memory BIO never blocks: one SSL_write takes a whole slice
             # (pyOpenSSL's contexts allow partial writes: a record per call).
             _lib.SSL_clear_mode(self._ssl, _lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
+            # As the ssl module does: OpenSSL frees its record buffers while
+            # they are empty, so an idle layer holds ~34 KiB less.
+            _lib.SSL_set_mode(self._ssl, _lib.SSL_MODE_RELEASE_BUFFERS)
         # TLS 1.2 renegotiation is refused: a renegotiated session could change
         # identity under the application's feet; OpenSSL answers with an alert.
         conn.set_options(SSL.OP_NO_RENEGOTIATION)
