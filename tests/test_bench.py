@@ -130,3 +130,24 @@ def test_quick_bench_stdlib_engine() -> None:
     assert len(CELL.findall(throughput)) == 1
     assert len(CELL.findall(cost)) == 1
     assert "idle" not in proc.stdout
+
+
+@pytest.mark.parametrize("side", ["send", "recv"])
+@pytest.mark.parametrize("engine", ["pyopenssl", "stdlib"])
+def test_datapath_script_runs_each_side_alone(side: str, engine: str) -> None:
+    """``stress/datapath.py`` (the in-process cost of one side, for a native
+    profiler): it establishes the layers, moves every byte and reports."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    args = ["--depth", "2", "--side", side, "--engine", engine, "--mb", "3", "--size", "1000"]
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", str(ROOT / "stress" / "datapath.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(
+        rf"depth 2 {engine} {side} 1000 B writes: \d+ MB/s, \d+\.\d\d ns/B of CPU\n", proc.stdout
+    ), proc.stdout
