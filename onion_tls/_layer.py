@@ -234,28 +234,30 @@ class Layer:
                     buf = _buffers.take()
                     view = memoryview(buf)
                 inner = self.inner
-                if not isinstance(inner, Layer):
-                    # The tail: the application's data, one record at a time.
-                    assert not used
-                    if not self._read_to_tail(inner, view):  # type: ignore[arg-type]
-                        return
-                    continue
-                if len(buf) - used < _MAX_PLAINTEXT:
+                if used and (len(buf) - used < _MAX_PLAINTEXT or not isinstance(inner, Layer)):
+                    # Full (or no layer inside any more): hand it on.  The
+                    # layer inside may be popped meanwhile: look again.
                     inner.receive(view[:used])
                     used = 0
                     if self.state not in _READING:
                         return
+                    inner = self.inner
+                if not isinstance(inner, Layer):
+                    # The tail: the application's data, one record at a time.
+                    if not self._read_to_tail(inner, view):  # type: ignore[arg-type]
+                        return
+                    continue
                 try:
                     n = engine.read_into(view[used:])
                 except PeerClosed:
                     if used:
-                        inner.receive(view[:used])
+                        self.inner.receive(view[:used])
                         used = 0
                     self._peer_closed()
                     return
                 except EngineError as exc:
                     if used:
-                        inner.receive(view[:used])
+                        self.inner.receive(view[:used])
                         used = 0
                     self._fail_engine(exc)
                     return
@@ -263,6 +265,8 @@ class Layer:
                     used += n
                 else:
                     self._after_control_record()
+                    if self.state not in _READING:
+                        return
         finally:
             if buf is not None:
                 _buffers.give(buf)
@@ -288,13 +292,16 @@ class Layer:
             if not n:
                 self._after_control_record()
                 return self.state in _READING
+            full = n == len(target)
             if direct:
+                # The application may resize its buffer from buffer_updated.
+                target.release()
                 tail.app_buffer_filled(n)
             else:
                 tail.receive(scratch[:n])
             if self.state not in _READING:
                 return False
-            if n < len(target):
+            if not full:
                 return True
             # The buffer was too small for the whole record: read the rest.
 

@@ -277,7 +277,7 @@ class PyOpenSSLEngine:
                     verify_certificate_ip_address(leaf, self.server_hostname)
                 else:
                     verify_certificate_hostname(leaf, self.server_hostname)
-            except (VerificationError, CertificateError) as exc:
+            except (VerificationError, CertificateError, ValueError) as exc:
                 what = "IP address" if is_ip else "hostname"
                 detail = "" if isinstance(exc, VerificationError) else f" ({exc})"
                 self._verify_failure = (
@@ -366,7 +366,9 @@ class PyOpenSSLEngine:
             except SSL.Error as exc:
                 return self._read_error(exc)
         else:
-            n = _lib.SSL_read(self._ssl, _ffi.from_buffer(buffer), len(buffer))
+            n = _lib.SSL_read(
+                self._ssl, _ffi.from_buffer(buffer, require_writable=True), len(buffer)
+            )
             if n <= 0:
                 if _lib.SSL_get_error(self._ssl, n) == _lib.SSL_ERROR_WANT_READ:
                     return 0

@@ -69,7 +69,7 @@ def _check_timeout(name: str, value: float | None) -> float | None:
     return float(value)
 
 
-class OnionProtocol(asyncio.BufferedProtocol):
+class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
     """The protocol the event loop sees; it owns the layer chain.
 
     ``OnionProtocol(app_protocol)`` wraps any ``asyncio.Protocol`` or
@@ -119,11 +119,13 @@ class OnionProtocol(asyncio.BufferedProtocol):
         self._loop = asyncio.get_running_loop()
         self._app.connection_made(self.transport)
 
-    def get_buffer(self, sizehint: int) -> bytearray:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # A memoryview, not the bytearray: a caller that fills it in pieces
+        # (asyncio's own TLS writes into ``buf[offset:]``) must write into it.
         buf = self._rbuf
         if buf is None:
             buf = self._rbuf = _buffers.take()
-        return buf
+        return memoryview(buf)
 
     def buffer_updated(self, nbytes: int) -> None:
         buf = self._rbuf
@@ -232,7 +234,11 @@ class OnionProtocol(asyncio.BufferedProtocol):
         if not self._buffered:
             return None
         buf = self._app.get_buffer(size)  # type: ignore[attr-defined]
-        view = memoryview(buf).cast("B")
+        view = memoryview(buf)
+        if view.readonly:
+            raise TypeError("get_buffer() returned a read-only buffer")
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
         if not view:
             raise RuntimeError("get_buffer() returned an empty buffer")
         return view
@@ -241,7 +247,11 @@ class OnionProtocol(asyncio.BufferedProtocol):
         self._app.buffer_updated(nbytes)  # type: ignore[attr-defined]
 
     def deliver_eof(self) -> bool | None:
-        return self._app.eof_received()  # type: ignore[attr-defined, no-any-return]
+        keep_open = self._app.eof_received()  # type: ignore[attr-defined]
+        # The chain may close the connection now (a false answer): what the
+        # application wrote this turn goes first.
+        self._send_gathered()
+        return keep_open  # type: ignore[no-any-return]
 
     def schedule_flush(self) -> None:
         if not self._flush_scheduled and self._loop is not None and not self._lost:
@@ -469,10 +479,15 @@ class OnionProtocol(asyncio.BufferedProtocol):
         chain = self._chain
         chain.write(data)
         loop = self._loop
-        if loop is not None and not self._lost and chain.tail.outer is not chain.head:
+        if (
+            loop is not None
+            and not self._lost
+            and chain.tail.outer is not chain.head
+            and not loop.is_closed()
+        ):
+            loop.call_soon(self._end_gather)
             self._gather = bytearray()
             self._gather_room = self._room()
-            loop.call_soon(self._end_gather)
 
     def _buffered_size(self) -> int:
         """Bytes written by the application and not yet taken by the kernel."""

@@ -68,9 +68,15 @@ def onion_pair() -> Callable[..., Any]:
     return stream_pair
 
 
-def run_async_test(coro_fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
-    """Run ``coro_fn(**kwargs)`` in a fresh debug-mode loop; raise
-    AssertionError on loop errors or tasks left pending."""
+def run_async_test(
+    coro_fn: Callable[..., Any],
+    kwargs: dict[str, Any],
+    *,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> None:
+    """Run ``coro_fn(**kwargs)`` in a fresh debug-mode loop (made by
+    ``loop_factory``, e.g. ``uvloop.new_event_loop``); raise AssertionError
+    on loop errors or tasks left pending."""
     errors: list[dict[str, Any]] = []
 
     async def main() -> None:
@@ -87,7 +93,7 @@ def run_async_test(coro_fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
             await asyncio.gather(*pending, return_exceptions=True)
             raise AssertionError(f"tasks left pending when the test returned: {pending!r}")
 
-    with asyncio.Runner(debug=True) as runner:
+    with asyncio.Runner(debug=True, loop_factory=loop_factory) as runner:
         try:
             runner.run(main())
         finally:

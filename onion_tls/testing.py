@@ -405,6 +405,11 @@ class MemoryPipe:
                 return
 
     def _step_one(self, src: MemoryTransport) -> bool:
+        flush = getattr(src.protocol, "_send_gathered", None)
+        if flush is not None:
+            # Like a turn of the loop: small writes an onion stack gathered
+            # go out before the pipe moves bytes.
+            flush()
         dst = src.peer
         if src._lost:
             return False

@@ -22,12 +22,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
-from conftest import _run
 from helpers import ENGINE_PAIR_IDS, ENGINE_PAIRS, WAIT, connect
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onion_tls._records import RecordFramer
+from onion_tls.pytest_plugin import run_async_test
 from onion_tls.testing import Engine, OnionCA, dribble
 
 Chunker = Callable[[bytes], Iterable[bytes]]
@@ -199,7 +199,7 @@ async def test_every_split_point(onion_ca: OnionCA, engines: tuple[Engine, Engin
 @pytest.mark.parametrize("engines", ENGINE_PAIRS, ids=ENGINE_PAIR_IDS)
 def test_random_splits(onion_ca: OnionCA, engines: tuple[Engine, Engine]) -> None:
     holder: dict[str, Any] = {}
-    _run(lambda: _store_baseline(onion_ca, engines, holder), {})
+    run_async_test(lambda: _store_baseline(onion_ca, engines, holder), {})
     want = holder["want"]
 
     @settings(
@@ -218,7 +218,7 @@ def test_random_splits(onion_ca: OnionCA, engines: tuple[Engine, Engine]) -> Non
         async def one() -> None:
             out["got"] = await converse(onion_ca, engines, chunker=cut_by(sizes), coalesce=coalesce)
 
-        _run(one, {})
+        run_async_test(one, {})
         check_transcripts(out["got"], want)
 
     check()

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import importlib.util
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,6 +36,7 @@ from helpers import WAIT, Pair, Recorder, connect, settle
 
 from onion_tls import OnionProtocol, OnionTransport, _buffers, _pyopenssl
 from onion_tls._records import RecordFramer
+from onion_tls.pytest_plugin import run_async_test
 from onion_tls.testing import Engine, OnionCA, OnionPair
 
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
@@ -238,35 +238,14 @@ class KeepRecorder(Recorder):
 
 def run_on(loop_name: str, coro_fn: Callable[..., Awaitable[None]], **kwargs: Any) -> None:
     """Run a test coroutine in a fresh debug loop of the given kind, with the
-    checks of conftest.py: nothing may reach the loop's exception handler and
-    no task may be left pending."""
-    errors: list[dict[str, Any]] = []
+    plugin's checks: nothing may reach the loop's exception handler and no
+    task may be left pending."""
     factory = None
     if loop_name == "uvloop":
         import uvloop
 
         factory = uvloop.new_event_loop
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
-        await coro_fn(**kwargs)
-        for _ in range(5):
-            await asyncio.sleep(0)
-        me = asyncio.current_task()
-        pending = [t for t in asyncio.all_tasks() if t is not me]
-        for t in pending:
-            t.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-            raise AssertionError(f"tasks left pending: {pending!r}")
-
-    with asyncio.Runner(debug=True, loop_factory=factory) as runner:
-        try:
-            runner.run(main())
-        finally:
-            gc.collect()
-    assert not errors, f"the loop's exception handler got: {errors!r}"
+    run_async_test(coro_fn, kwargs, loop_factory=factory)
 
 
 LOOPS = [
