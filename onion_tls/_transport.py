@@ -155,8 +155,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             return
         self._lost = True
         self._drop_read_buffer()
-        self._gather = None
-        self._gather_room = 0
+        self._stop_gathering()
         chain = self._chain
         chain.mark_dead()
         if self._grace is not None:
@@ -435,8 +434,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         return self._loop
 
     def _abort(self) -> None:
-        self._gather = None
-        self._gather_room = 0
+        self._stop_gathering()
         self._chain.mark_dead()
         self._chain.tail.backlog.clear()  # nothing more reaches the app
         if self._error is None:
@@ -513,9 +511,13 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
 
     def _end_gather(self) -> None:
         self._send_gathered()
+        self._stop_gathering()
+        self._update_app_writing()
+
+    def _stop_gathering(self) -> None:
+        """The next write goes out at once (what is gathered is dropped)."""
         self._gather = None
         self._gather_room = 0
-        self._update_app_writing()
 
     def gathered_size(self) -> int:
         gather = self._gather
@@ -722,9 +724,7 @@ class OnionTransport(asyncio.Transport):
         return (self._p._low, self._p._high)
 
     def get_write_buffer_size(self) -> int:
-        p = self._p
-        raw = 0 if p._raw is None or p._lost else p._raw.get_write_buffer_size()
-        return raw + p._chain.queued_size() + p.gathered_size()
+        return self._p._buffered_size()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         p = self._p
