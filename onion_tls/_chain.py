@@ -1,4 +1,5 @@
-"""The onion: a doubly linked chain of TLS layers (sans-IO).
+"""The onion: a doubly linked chain of TLS layers, and the connection's
+lifecycle (sans-IO).
 
 Theory of operation
 -------------------
@@ -21,16 +22,41 @@ Links are read at the moment a byte moves, so a layer spliced in from inside
 and the tail.  ``stop_tls`` starts the pop of the innermost layer; the pop
 itself happens in one place, :meth:`Chain._pop`, reached from
 :meth:`Chain.on_closed` whichever close_notify came last (ours after theirs,
-or theirs after ours).  It unlinks the layer, hands the bytes that followed
-the peer's close_notify to the node beneath, and releases the writes the
-application made while the stop was pending.  It runs at most once: a popped
-layer is no longer linked and is never the innermost again.
+or theirs after ours).  It unlinks the layer, releases the writes the
+application made while the stop was pending, then hands the bytes that
+followed the peer's close_notify to the node beneath (in that order: what
+the application writes in answer to those bytes goes after the held
+writes).  It runs at most once: a popped layer is no longer linked and is
+never the innermost again.
+
+The connection's life (:class:`ConnState`), moved only by
+:meth:`Chain._set_state` through a table of allowed moves::
+
+            stop_tls()              their close_notify (pop)
+    OPEN ---------------> STOP_PENDING ----------------------> OPEN
+     |  their close_notify                 stop_tls() (pop at once)
+     +--------------------> PEER_CLOSED -----------------------> OPEN
+     |                                  (a pop may uncover another
+     |                                   PEER_CLOSED layer, or EOF)
+     |  close() (any of the above)
+     +--------------------> CLOSING ----> CLOSED   (socket closing)
+    abort(), connection lost: CLOSED;  a failure: BROKEN (terminal)
+
+Whether the end of the socket was clean or a truncation is decided in one
+place, :meth:`Chain._verdict`, for an EOF and for a lost connection alike.
+
+Bounds (DESIGN rule 12): the bytes held for the application - decrypted
+data waiting while it paused reading or while a stop is pending, bytes that
+followed a peer's close_notify while it decides - are counted
+(:meth:`Chain.held_size`); above ``READ_HIGH_WATER`` the chain stops asking
+for input (:meth:`Chain.wants_input`) whatever the state, and asks again
+once they are delivered.
 
 The chain never calls the application while it is in the middle of one of
 the application's own calls (``write``, ``start_tls``, ``stop_tls``,
 ``close``): data that becomes ready then waits in the tail's backlog and is
-delivered by :meth:`Tail.flush`, which the adapter schedules.  The same
-backlog holds data while the application has paused reading.
+delivered by :meth:`Chain.flush_deliveries`, which the adapter schedules.
+The same backlog holds data while the application has paused reading.
 
 The chain has no clock and no event loop; the adapter
 (:mod:`onion_tls._transport`) owns timers, futures and flow control.
@@ -38,6 +64,7 @@ The chain has no clock and no event loop; the adapter
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
@@ -49,7 +76,41 @@ from .errors import HandshakeError, LayerStateError, OnionError, TruncatedError
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["Chain", "ChainHooks"]
+__all__ = ["READ_HIGH_WATER", "Chain", "ChainHooks", "ConnState"]
+
+#: Incoming bytes one connection holds for its application at most (data
+#: waiting for an application that paused reading, bytes that followed a
+#: peer's close_notify while the application decides) before reading from
+#: the socket pauses.  One socket read (256 KiB) may come on top.
+READ_HIGH_WATER = 256 * 1024
+
+
+class ConnState(enum.Enum):
+    """Where the connection is in its life (see the module docstring)."""
+
+    OPEN = "open"
+    STOP_PENDING = "stop pending"  # our close_notify on the innermost layer; theirs awaited
+    PEER_CLOSED = "peer closed"  # their close_notify on the innermost layer; the app decides
+    CLOSING = "closing"  # close(): close_notify on every layer, then the socket
+    CLOSED = "closed"  # the socket is closed or going (close, abort, lost)
+    BROKEN = "broken"  # failed for good (``Chain.error`` says why)
+
+
+_C = ConnState
+_MOVES: dict[ConnState, frozenset[ConnState]] = {
+    _C.OPEN: frozenset({_C.STOP_PENDING, _C.PEER_CLOSED, _C.CLOSING, _C.CLOSED, _C.BROKEN}),
+    _C.STOP_PENDING: frozenset({_C.OPEN, _C.PEER_CLOSED, _C.CLOSING, _C.CLOSED, _C.BROKEN}),
+    _C.PEER_CLOSED: frozenset({_C.OPEN, _C.STOP_PENDING, _C.CLOSING, _C.CLOSED, _C.BROKEN}),
+    _C.CLOSING: frozenset({_C.CLOSED, _C.BROKEN}),
+    _C.CLOSED: frozenset({_C.BROKEN}),  # a close that timed out
+    _C.BROKEN: frozenset(),
+}
+#: States in which nothing more is delivered to the application, and it may
+#: neither write nor change layers.
+_FINISHING = frozenset({_C.CLOSING, _C.CLOSED, _C.BROKEN})
+_ENDED = frozenset({_C.CLOSED, _C.BROKEN})
+#: Layer states in which the peer's close_notify has been read.
+_PEER_DONE = frozenset({LayerState.PEER_CLOSED, LayerState.CLOSED})
 
 
 class ChainHooks(Protocol):
@@ -62,17 +123,25 @@ class ChainHooks(Protocol):
         """Hand application data to the application protocol (``data`` is
         valid only during the call)."""
 
-    # Optional (a BufferedProtocol application): decrypt into its buffer.
-    #   def app_buffer(self, size: int) -> memoryview | None
-    #   def app_buffer_filled(self, nbytes: int) -> None
+    def app_buffer(self, size: int) -> memoryview | None:
+        """The application's own buffer to decrypt into (a
+        ``BufferedProtocol``), or None to use :meth:`deliver_data`."""
+
+    def app_buffer_filled(self, nbytes: int) -> None:
+        """``nbytes`` were written at the start of the last app_buffer()."""
 
     def deliver_eof(self) -> bool | None:
         """Tell the application of EOF; return what ``eof_received`` said."""
 
     def schedule_flush(self) -> None:
-        """Call ``chain.tail.flush()`` soon, outside the current call stack."""
+        """Call :meth:`Chain.flush_deliveries` soon, outside the current call stack."""
 
     def handshake_done(self, layer: Layer) -> None: ...
+
+    def layer_abandoned(self, layer: Layer, exc: OnionError) -> None:
+        """``layer`` will never finish its handshake or its pop (the
+        application closed the connection meanwhile); the connection lives
+        on, its futures fail with ``exc``."""
 
     def layer_popped(self, layer: Layer) -> None: ...
 
@@ -110,72 +179,84 @@ class _Eof:
 class Tail:
     """The inner sentinel: the application protocol.
 
-    Deliveries wait in ``backlog`` while the application has paused reading,
+    Deliveries wait in a backlog while the application has paused reading,
     while it is inside one of its own calls into the transport, or while
-    earlier deliveries are still waiting; order is always kept.
+    earlier deliveries are still waiting; order is always kept.  Only the
+    chain drives it (the adapter asks the chain).
     """
 
     def __init__(self, chain: Chain, hooks: ChainHooks) -> None:
         self._chain = chain
         self._hooks = hooks
         self.outer: Node
-        self.backlog: deque[object] = deque()
+        self._backlog: deque[bytes | _Eof] = deque()
+        #: Bytes of data in the backlog.
+        self.held = 0
         self.paused = False
-        self._app_buffer = getattr(hooks, "app_buffer", None)
-        self._app_buffer_filled = getattr(hooks, "app_buffer_filled", None)
+
+    def _may_deliver_now(self) -> bool:
+        return not (self._backlog or self.paused or self._chain.in_app_call)
 
     def receive(self, data: bytes | bytearray | memoryview) -> None:
-        chain = self._chain
-        if chain.closing or chain.dead:
+        if self._chain.state in _FINISHING:
             # As with asyncio's transports: after close() or abort(), no more
             # data is received (a close still reads what its shutdown needs).
             return
-        if self.backlog or self.paused or chain._app_calls:
-            self.backlog.append(bytes(data))
-            if not self.paused:
-                self._hooks.schedule_flush()
+        if self._may_deliver_now():
+            self._hooks.deliver_data(data)
             return
-        self._hooks.deliver_data(data)
+        self.push_back(bytes(data), front=False)
+
+    def push_back(self, data: bytes, *, front: bool) -> None:
+        """Keep ``data`` for a later delivery, behind (or before) the rest."""
+        if front:
+            self._backlog.appendleft(data)
+        else:
+            self._backlog.append(data)
+        self.held += len(data)
+        if not self.paused:
+            self._hooks.schedule_flush()
 
     def app_buffer(self, size: int) -> memoryview | None:
-        get = self._app_buffer
-        if get is None or self.backlog or self.paused:
+        if self._chain.state in _FINISHING or not self._may_deliver_now():
             return None
-        chain = self._chain
-        if chain.closing or chain.dead or chain._app_calls:
-            return None
-        return get(size)  # type: ignore[no-any-return]
+        return self._hooks.app_buffer(size)
 
     def app_buffer_filled(self, nbytes: int) -> None:
-        self._app_buffer_filled(nbytes)  # type: ignore[misc]
+        self._hooks.app_buffer_filled(nbytes)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:  # pragma: no cover
         raise AssertionError("nothing is inside the tail")
 
     def eof(self, layer: Layer | None) -> None:
-        if self._chain.closing or self._chain.dead:
+        if self._chain.state in _FINISHING:
             return
-        if self.backlog or self.paused or self._chain.in_app_call:
-            self.backlog.append(_Eof(layer))
-            if not self.paused:
-                self._hooks.schedule_flush()
+        if self._may_deliver_now():
+            self._deliver_eof(layer)
             return
-        self._deliver_eof(layer)
+        self._backlog.append(_Eof(layer))
+        if not self.paused:
+            self._hooks.schedule_flush()
 
     def _deliver_eof(self, layer: Layer | None) -> None:
         keep_open = self._hooks.deliver_eof()
         self._chain.after_eof(bool(keep_open), layer)
 
+    @property
+    def waiting(self) -> bool:
+        return bool(self._backlog)
+
     def flush(self) -> None:
-        backlog = self.backlog
-        if self._chain.closing:
-            backlog.clear()
+        backlog = self._backlog
+        if self._chain.state in _FINISHING:
+            self.discard()
             return
         while backlog and not self.paused and not self._chain.in_app_call:
             item = backlog.popleft()
             if isinstance(item, _Eof):
                 self._deliver_eof(item.layer)
                 continue
+            self.held -= len(item)
             if backlog and isinstance(backlog[0], bytes):
                 # Everything that waited is handed over in one call, so an
                 # application that upgrades from data_received sees all the
@@ -183,23 +264,38 @@ class Tail:
                 # initial_bytes (none is delivered after the splice).
                 parts = [item]
                 while backlog and isinstance(backlog[0], bytes):
-                    parts.append(backlog.popleft())
-                item = b"".join(parts)  # type: ignore[arg-type]
-            self._hooks.deliver_data(item)  # type: ignore[arg-type]
+                    more = backlog.popleft()
+                    assert isinstance(more, bytes)
+                    self.held -= len(more)
+                    parts.append(more)
+                item = b"".join(parts)
+            self._hooks.deliver_data(item)
+
+    def deliver_last(self) -> None:
+        """The connection is lost: hand over the data that was decrypted
+        before the end (not EOFs), unless reading is paused; drop the rest."""
+        while self._backlog and not self.paused:
+            item = self._backlog.popleft()
+            if isinstance(item, bytes):
+                self.held -= len(item)
+                self._hooks.deliver_data(item)
+        self.discard()
+
+    def discard(self) -> None:
+        self._backlog.clear()
+        self.held = 0
 
     def drop_eof(self, layer: Layer) -> None:
         """Forget an EOF of ``layer`` not yet delivered (it was popped)."""
-        if any(isinstance(x, _Eof) and x.layer is layer for x in self.backlog):
-            self.backlog = deque(
-                x for x in self.backlog if not (isinstance(x, _Eof) and x.layer is layer)
+        if any(isinstance(x, _Eof) and x.layer is layer for x in self._backlog):
+            self._backlog = deque(
+                x for x in self._backlog if not (isinstance(x, _Eof) and x.layer is layer)
             )
-
-    def backlog_size(self) -> int:
-        return sum(len(x) for x in self.backlog if isinstance(x, bytes))
 
 
 class Chain:
-    """Head, layers, tail; splice, pop and the one close hook."""
+    """Head, layers, tail; the connection's lifecycle; splice, pop and the
+    one close hook."""
 
     def __init__(self, hooks: ChainHooks) -> None:
         self.hooks = hooks
@@ -207,22 +303,31 @@ class Chain:
         self.tail = Tail(self, hooks)
         self.head.inner = self.tail
         self.tail.outer = self.head
+        self.state = ConnState.OPEN
+        #: Why the connection broke (state BROKEN).
+        self.error: OnionError | None = None
         #: The layer a ``stop_tls`` is popping (it stays linked until then).
         self.stopping: Layer | None = None
         #: Application writes made while a stop is pending: they go out
         #: through the layer beneath once the pop is done.
         self._held_writes: deque[bytes | bytearray] = deque()
         self._held_size = 0
-        self.closing = False
-        self.dead = False
-        self._raw_closed = False
-        #: The socket reached EOF.
+        #: The socket reached EOF (an independent fact: any state).
         self.peer_eof = False
-        #: ... after the peer's close_notify on every layer: a clean TLS close.
-        self.clean_eof = False
+        #: The last layer was popped and nothing moved since: the peer has
+        #: ended TLS everywhere, so a reset now only means its socket is gone.
+        self._tls_ended = False
         self._app_calls = 0
         self._advancing = False
         self._advance_again = False
+
+    def _set_state(self, new: ConnState) -> None:
+        old = self.state
+        if new is old:
+            return
+        if new not in _MOVES[old]:
+            raise AssertionError(f"connection: illegal move {old.value} -> {new.value}")
+        self.state = new
 
     # -- introspection ----------------------------------------------------------
 
@@ -239,6 +344,16 @@ class Chain:
         return node if isinstance(node, Layer) else None
 
     @property
+    def finishing(self) -> bool:
+        """close(), abort(), a failure or the loss of the socket happened:
+        the application may not write or change layers any more."""
+        return self.state in _FINISHING
+
+    @property
+    def ended(self) -> bool:
+        return self.state in _ENDED
+
+    @property
     def in_app_call(self) -> bool:
         return self._app_calls > 0
 
@@ -252,7 +367,8 @@ class Chain:
             self._app_calls -= 1
 
     def queued_size(self) -> int:
-        """Plaintext waiting inside the chain (handshakes, pending stops)."""
+        """Plaintext written by the application and waiting inside the chain
+        (behind handshakes, pending stops)."""
         size = self._held_size
         node = self.head.inner
         while isinstance(node, Layer):
@@ -260,19 +376,20 @@ class Chain:
             node = node.inner
         return size
 
-    def peer_closed_every_layer(self) -> bool:
-        """True when there are layers and the peer's close_notify was read
-        on every one of them."""
-        layers = self.layers()
-        return bool(layers) and all(
-            layer.state is LayerState.PEER_CLOSED or layer.state is LayerState.CLOSED
-            for layer in layers
-        )
+    def held_size(self) -> int:
+        """Incoming bytes held for the application: data waiting for it, and
+        bytes that followed a peer's close_notify."""
+        size = self.tail.held
+        node = self.head.inner
+        while isinstance(node, Layer):
+            size += len(node.held)
+            node = node.inner
+        return size
 
     def needs_input(self) -> bool:
         """True while a handshake or a shutdown waits for the peer: reading
-        must go on even if the application paused it."""
-        if self.closing or self.stopping is not None:
+        goes on even if the application paused it."""
+        if self.state is ConnState.CLOSING or self.stopping is not None:
             return True
         node = self.head.inner
         while isinstance(node, Layer):
@@ -281,53 +398,113 @@ class Chain:
             node = node.inner
         return False
 
+    def wants_input(self) -> bool:
+        """Should the socket be read now?  Not while ``READ_HIGH_WATER``
+        bytes are held (whatever the state: rule 12), nor while the
+        application paused reading, unless a handshake or shutdown needs
+        the peer's bytes."""
+        if self.held_size() > READ_HIGH_WATER:
+            return False
+        return not self.tail.paused or self.needs_input()
+
+    # -- delivery control (what the adapter asks for) ---------------------------
+
+    @property
+    def delivery_paused(self) -> bool:
+        return self.tail.paused
+
+    def pause_delivery(self) -> None:
+        self.tail.paused = True
+
+    def resume_delivery(self) -> None:
+        tail = self.tail
+        if tail.paused:
+            tail.paused = False
+            if tail.waiting:
+                self.hooks.schedule_flush()
+
+    @property
+    def deliveries_waiting(self) -> bool:
+        return self.tail.waiting
+
+    def flush_deliveries(self) -> None:
+        """Hand the application what waits for it (as far as it takes it)."""
+        self.tail.flush()
+
+    def deliver_later(self, data: bytes) -> None:
+        """The application paused reading in the middle of a delivery: the
+        rest of it waits, first in line."""
+        self.tail.push_back(data, front=True)
+
     # -- incoming flow --------------------------------------------------------
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Bytes from the socket (valid only during the call)."""
-        if not self.dead:
-            self.head.inner.receive(data)
+        if self.state in _ENDED:
+            return
+        if data:
+            self._tls_ended = False
+        self.head.inner.receive(data)
 
     def feed_eof(self) -> None:
         """The socket reached EOF.  Clean only if every layer saw the
         peer's close_notify first; otherwise the stream was truncated."""
         self.peer_eof = True
-        if self.dead:
+        if self.state in _ENDED:
             return
+        if self.state is ConnState.CLOSING:
+            # We are closing and the peer has nothing more to say: whatever
+            # we still waited for (a pending pop) will not come.
+            self._close_socket()
+            return
+        err = self._verdict(None)
+        if isinstance(err, OnionError):
+            self.fail(err)
+        elif not self.layers():
+            self.tail.eof(None)
+        # else every layer was closed by the peer: the application has had
+        # its eof_received() (or has it waiting in the backlog).
+
+    def _verdict(self, exc: BaseException | None) -> BaseException | None:
+        """Clean or truncated: what the end of the socket (EOF, or its loss
+        with ``exc``) means, given where the connection is.  The one place
+        that decides it."""
+        ours = self.state is ConnState.CLOSING or self.state is ConnState.CLOSED
+        if ours and (exc is None or self.peer_eof):
+            return None
         layers = self.layers()
         if not layers:
-            self.tail.eof(None)
-            return
+            if exc is not None and self._tls_ended:
+                # The peer ended TLS on every layer, then dropped its socket
+                # before our answering close_notify got there.
+                return None
+            return exc  # plaintext: as the socket said it
         for layer in reversed(layers):
             state = layer.state
+            if state in _PEER_DONE or state is LayerState.BROKEN:
+                continue
+            how = (
+                "the connection ended"
+                if exc is None
+                else f"the connection was lost ({type(exc).__name__}: {exc})"
+            )
+            err: OnionError
             if state is LayerState.HANDSHAKING:
-                self.fail(
-                    HandshakeError(
-                        "the peer closed the connection during the handshake",
-                        depth=layer.depth,
-                    )
+                who = "the peer closed the connection" if exc is None else how
+                err = HandshakeError(f"{who} during the handshake", depth=layer.depth)
+            elif state is LayerState.CLOSING:
+                err = TruncatedError(
+                    f"{how} before the peer answered our close_notify", depth=layer.depth
                 )
-                return
-            if state is LayerState.OPEN:
-                self.fail(
-                    TruncatedError(
-                        "the connection ended without the peer's close_notify "
-                        "(truncated; a clean close sends close_notify first)",
-                        depth=layer.depth,
-                    )
+            else:
+                err = TruncatedError(
+                    f"{how} without the peer's close_notify (truncated; a clean "
+                    "close sends close_notify first)",
+                    depth=layer.depth,
                 )
-                return
-            if state is LayerState.CLOSING and not self.closing:
-                self.fail(
-                    TruncatedError(
-                        "the connection ended before the peer answered our close_notify",
-                        depth=layer.depth,
-                    )
-                )
-                return
-        # Every layer was closed by the peer: the application has had its
-        # eof_received() (or is about to, from the backlog).
-        self.clean_eof = self.peer_closed_every_layer()
+            err.__cause__ = exc
+            return err
+        return None  # the peer closed every layer: a clean end
 
     # -- splice and pop -------------------------------------------------------
 
@@ -346,7 +523,7 @@ class Chain:
                 f"cannot start a layer inside a layer that is {inner.state.value}",
                 depth=inner.depth,
             )
-        if self.tail.backlog:
+        if self.tail.waiting:
             # Bytes (or an EOF) that arrived before this upgrade still wait
             # for the application; delivered after the splice they would
             # look as if they came through the new layer.
@@ -365,11 +542,20 @@ class Chain:
         else:
             self.head.inner = layer
         self.tail.outer = layer
+        self._tls_ended = False
         return layer
 
     def begin(self, layer: Layer, initial_bytes: bytes) -> None:
         with self.app_call():
             layer.start(initial_bytes)
+        if self.peer_eof and layer.state is LayerState.HANDSHAKING:
+            self.fail(
+                HandshakeError(
+                    "the peer had already closed the connection (TCP EOF): "
+                    "this handshake can never finish",
+                    depth=layer.depth,
+                )
+            )
 
     def stop_tls(self) -> Layer:
         """Begin the pop of the innermost layer (idempotent while it runs)."""
@@ -379,16 +565,46 @@ class Chain:
             raise LayerStateError("there is no TLS layer to stop: the connection is plaintext")
         if self.stopping is layer:
             return layer
-        if layer.state is LayerState.CLOSING:
+        if layer.state is LayerState.CLOSING:  # pragma: no cover - only a stop closes it
             raise LayerStateError("this layer is already closing", depth=layer.depth)
         self.stopping = layer
+        self._set_state(ConnState.STOP_PENDING)
         with self.app_call():
             layer.begin_shutdown()
         return layer
 
     def _pop(self, layer: Layer) -> None:
-        """The one close hook: unlink ``layer``, hand on what followed its
-        close_notify, release held writes.  Reached once per layer."""
+        """The one close hook: unlink ``layer``, release the writes held
+        while it closed, then hand on what followed its close_notify.
+        Reached once per layer."""
+        outer, inner = self._unlink(layer)
+        self.stopping = None
+        if self.state is ConnState.STOP_PENDING or self.state is ConnState.PEER_CLOSED:
+            self._set_state(ConnState.OPEN)
+        self._tls_ended = not isinstance(outer, Layer)
+        trailing = bytes(layer.held)
+        layer.held.clear()
+        # An EOF still waiting for the application was this layer's: the
+        # application has popped the layer, so it is not told any more.
+        self.tail.drop_eof(layer)
+        self.hooks.layer_popped(layer)
+        # Writes held during the stop were made before anything the
+        # application can write in answer to the bytes that follow the
+        # close_notify: they leave first.
+        while self._held_writes and self.stopping is None and self.state not in _ENDED:
+            data = self._held_writes.popleft()
+            self._held_size -= len(data)
+            self._tls_ended = False
+            self.tail.outer.write(data)
+        if trailing and self.state not in _ENDED:
+            self._tls_ended = False
+            inner.receive(trailing)
+        if self.state not in _FINISHING and self.tail.outer is outer:
+            self._uncovered_eof(outer)
+        if self.state is ConnState.CLOSING:
+            self._advance_close()
+
+    def _unlink(self, layer: Layer) -> tuple[Node | Head, Node]:
         outer, inner = layer.outer, layer.inner
         if isinstance(outer, Layer):
             outer.inner = inner
@@ -398,23 +614,21 @@ class Chain:
             inner.outer = outer
         else:
             self.tail.outer = outer
-        self.stopping = None
-        trailing = bytes(layer.held)
-        layer.held.clear()
-        # An EOF still waiting for the application was this layer's: the
-        # application has popped the layer, so it is not told any more.
-        self.tail.drop_eof(layer)
-        self.hooks.layer_popped(layer)
-        if trailing and not self.dead:
-            inner.receive(trailing)
-        if not self.dead and not self.closing and self.tail.outer is outer:
-            self._uncovered_eof(outer)
-        while self._held_writes and self.stopping is None and not self.dead:
-            data = self._held_writes.popleft()
-            self._held_size -= len(data)
-            self.tail.outer.write(data)
-        if self.closing:
-            self._advance_close()
+        return outer, inner
+
+    def pop_after_end(self) -> Layer | None:
+        """After a clean end of the socket, unlink the innermost layer if the
+        peer had closed it (its close_notify came; ours can no longer be
+        sent, and nothing more can come): a ``stop_tls()`` that answers the
+        peer's close then succeeds whether or not the socket is gone yet.
+        None when there is no such layer."""
+        layer = self.innermost()
+        if self.state is not ConnState.CLOSED or layer is None:
+            return None
+        if layer.state is not LayerState.PEER_CLOSED:
+            return None
+        self._unlink(layer)
+        return layer
 
     def _uncovered_eof(self, outer: Node | Head) -> None:
         """After a pop, the node now innermost may have ended already: a
@@ -423,25 +637,29 @@ class Chain:
         came while layers were linked.  Its EOF is due now."""
         if isinstance(outer, Layer):
             if outer.state is LayerState.PEER_CLOSED:
+                self._set_state(ConnState.PEER_CLOSED)
                 self.tail.eof(outer)
         elif self.peer_eof:
             self.tail.eof(None)
 
     # -- outgoing flow --------------------------------------------------------
 
-    def write(self, data: bytes | bytearray) -> None:
-        """An application write (``data`` is never modified afterwards)."""
-        if self.dead or self.closing:
-            return
+    def write(self, data: bytes | bytearray) -> bool:
+        """An application write (``data`` is never modified afterwards).
+        False when the connection no longer takes writes (closing, closed)."""
+        if self.state in _FINISHING:
+            return False
         if self.stopping is not None:
             self._held_writes.append(data)
             self._held_size += len(data)
-            return
+            return True
+        self._tls_ended = False
         self._app_calls += 1
         try:
             self.tail.outer.write(data)
         finally:
             self._app_calls -= 1
+        return True
 
     # -- what layers report ---------------------------------------------------
 
@@ -449,35 +667,41 @@ class Chain:
         self.hooks.handshake_done(layer)
         if layer.stop_requested:
             layer.begin_shutdown()
-        elif self.closing:
+        elif self.state is ConnState.CLOSING:  # pragma: no cover - close() abandons handshakes
             self._advance_close()
 
     def on_peer_closed(self, layer: Layer) -> None:
         inner = layer.inner
-        inner_open = isinstance(inner, Layer) and inner.state not in (
-            LayerState.PEER_CLOSED,
-            LayerState.CLOSED,
-        )
-        if inner_open and not self.closing:
-            assert isinstance(inner, Layer)
-            self.fail(
-                TruncatedError(
-                    f"the peer closed layer {layer.depth} while this layer "
-                    "was still open (truncated)",
-                    depth=inner.depth,
-                )
-            )
-            return
-        if self.closing:
+        if self.state is ConnState.CLOSING:
             self._advance_close()
-        elif inner is self.tail:
+            return
+        if isinstance(inner, Layer) and inner.state not in _PEER_DONE:
+            if inner.state is LayerState.HANDSHAKING:
+                self.fail(
+                    HandshakeError(
+                        f"the peer closed layer {layer.depth} (close_notify) during "
+                        "this layer's handshake",
+                        depth=inner.depth,
+                    )
+                )
+            else:
+                self.fail(
+                    TruncatedError(
+                        f"the peer closed layer {layer.depth} while this layer "
+                        "was still open (truncated)",
+                        depth=inner.depth,
+                    )
+                )
+            return
+        if inner is self.tail:
+            self._set_state(ConnState.PEER_CLOSED)
             self.tail.eof(layer)
 
     def after_eof(self, keep_open: bool, layer: Layer | None) -> None:
         """``eof_received`` returned ``keep_open`` for the close_notify of
         ``layer`` (None: the socket's EOF in plaintext): a false value closes
         the connection unless a stop_tls is pending or already popped it."""
-        if keep_open or self.dead or self.closing or self.stopping is not None:
+        if keep_open or self.state in _FINISHING or self.stopping is not None:
             return
         if layer is not None and (
             layer.state is not LayerState.PEER_CLOSED or layer is not self.innermost()
@@ -487,10 +711,14 @@ class Chain:
             return
         self.close()
 
+    def on_shutdown_sent(self, layer: Layer) -> None:
+        if self.state is ConnState.CLOSING:
+            self._advance_close()
+
     def on_closed(self, layer: Layer) -> None:
         if layer is self.stopping:
             self._pop(layer)
-        elif self.closing:
+        elif self.state is ConnState.CLOSING:
             self._advance_close()
 
     def on_failed(self, layer: Layer, exc: OnionError) -> None:
@@ -500,10 +728,13 @@ class Chain:
 
     def close(self) -> None:
         """Orderly close: held writes out, close_notify on every layer from
-        the innermost out, then the socket."""
-        if self.dead or self.closing:
+        the innermost out, then the socket.  A handshake still running is
+        abandoned at once (its future fails): it could only finish by
+        waiting for the peer, and close() does not wait for that."""
+        if self.state in _FINISHING:
             return
-        self.closing = True
+        self._set_state(ConnState.CLOSING)
+        self.tail.discard()
         with self.app_call():
             self._advance_close()
 
@@ -513,46 +744,83 @@ class Chain:
             return
         self._advancing = True
         try:
-            while True:
+            while self.state is ConnState.CLOSING:
                 self._advance_again = False
-                if self.dead or self._raw_closed or self.stopping is not None:
-                    return  # a pending pop comes back here when it is done
-                ready = True
                 node = self.tail.outer
-                while isinstance(node, Layer):
+                while isinstance(node, Layer) and node.state is LayerState.HANDSHAKING:
+                    self._abandon(node)
+                    node = node.outer
+                if self.stopping is not None:
+                    return  # the pop comes back here when it is done
+                node = self.tail.outer
+                deferred = False
+                while isinstance(node, Layer) and self.state is ConnState.CLOSING:
                     state = node.state
-                    if state is LayerState.HANDSHAKING:
-                        ready = False  # its handshake (or timeout) comes back here
-                        break
                     if state is LayerState.OPEN or state is LayerState.PEER_CLOSED:
                         node.begin_shutdown()
-                        if self.dead:
-                            return
+                    if node.shutdown_deferred:
+                        # A renegotiation runs in this layer: its close_notify
+                        # (and those outside it) follow when it ends.
+                        deferred = True
+                        break
                     node = node.outer
-                if self._advance_again:
+                if self.state is not ConnState.CLOSING or self._advance_again:
                     continue
-                if ready:
-                    self._raw_closed = True
-                    self.hooks.close_raw()
+                if not deferred:
+                    self._close_socket()
                 return
         finally:
             self._advancing = False
 
+    def _abandon(self, layer: Layer) -> None:
+        layer.mark_broken()
+        if layer is self.stopping:
+            self.stopping = None
+        self.hooks.layer_abandoned(
+            layer,
+            HandshakeError(
+                "the connection was closed (close()) before the handshake finished",
+                depth=layer.depth,
+            ),
+        )
+
+    def _close_socket(self) -> None:
+        self._set_state(ConnState.CLOSED)
+        self.hooks.close_raw()
+
     def fail(self, exc: OnionError) -> None:
         """Break the connection for good (once)."""
-        if self.dead:
+        if self.state is ConnState.BROKEN:
             return
-        self.dead = True
+        self.error = exc
+        self._set_state(ConnState.BROKEN)
         for layer in self.layers():
             layer.mark_broken()
         self.hooks.failed(exc)
 
-    def mark_dead(self) -> None:
-        """The transport is gone (abort, connection lost)."""
-        self.dead = True
+    def abort(self) -> None:
+        """The application aborted: nothing more is sent or delivered."""
+        self.tail.discard()
+        if self.state is not ConnState.BROKEN:
+            self._set_state(ConnState.CLOSED)
+
+    def connection_lost(self, exc: BaseException | None) -> BaseException | None:
+        """The socket is gone (``exc`` as the event loop said): returns what
+        the application is told, after the data decrypted before the end."""
+        verdict: BaseException | None
+        if self.state is ConnState.BROKEN:
+            verdict = self.error
+            self.tail.deliver_last()
+        else:
+            verdict = self._verdict(exc)
+            if self.state not in _FINISHING:
+                self.tail.deliver_last()
+            self._set_state(ConnState.CLOSED)
+        self.tail.discard()
+        return verdict
 
     def _check_open(self) -> None:
-        if self.dead:
+        if self.state is ConnState.BROKEN or self.state is ConnState.CLOSED:
             raise LayerStateError("the connection is closed")
-        if self.closing:
+        if self.state is ConnState.CLOSING:
             raise LayerStateError("the connection is closing")

@@ -88,8 +88,10 @@ class Engine(Protocol):
         """Encrypt ``data``; returns how much was taken (0 only while a TLS
         1.2 renegotiation waits for the peer)."""
 
-    def shutdown(self) -> None:
-        """Queue our close_notify."""
+    def shutdown(self) -> bool:
+        """Queue our close_notify; False when it cannot be sent yet because
+        a handshake (a TLS 1.2 renegotiation) is under way: call again
+        after the next read."""
 
     def take_output(self) -> bytes | bytearray:
         """Return (and forget) the ciphertext waiting to go to the peer (a

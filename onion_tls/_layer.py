@@ -50,15 +50,12 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from . import _buffers
 from ._engine import Engine, EngineError, PeerClosed
 from ._records import RecordFramer
 from .errors import HandshakeError, OnionError, TLSProtocolError
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable
 
 __all__ = ["AppEnd", "ChainEvents", "Layer", "LayerState", "Node"]
 
@@ -123,6 +120,9 @@ class ChainEvents(Protocol):
 
     def on_closed(self, layer: Layer) -> None: ...
 
+    def on_shutdown_sent(self, layer: Layer) -> None:
+        """Our close_notify, deferred by a renegotiation, has been sent."""
+
     def on_failed(self, layer: Layer, exc: OnionError) -> None: ...
 
 
@@ -139,6 +139,8 @@ class Layer:
         self.state = LayerState.HANDSHAKING
         #: The application asked to stop this layer before it was open.
         self.stop_requested = False
+        #: Our close_notify waits for a renegotiation to end.
+        self.shutdown_deferred = False
         #: Bytes after the peer's close_notify: they belong beneath.
         self.held = bytearray()
         self.error: OnionError | None = None
@@ -307,12 +309,22 @@ class Layer:
 
     def _after_control_record(self) -> None:
         # Tickets, KeyUpdate, alerts: the engine may have an answer, and a
-        # write that waited for the peer (TLS 1.2 renegotiation) may go on.
+        # write or a close_notify that waited for the peer (TLS 1.2
+        # renegotiation) may go on.
         self._flush_output()
         if self._pending and self.state is LayerState.OPEN:
             self._flush_pending()
+        if self.shutdown_deferred:
+            self.shutdown_deferred = False
+            self.begin_shutdown()
+            if self.state is LayerState.CLOSING:
+                self.events.on_shutdown_sent(self)
 
     def _peer_closed(self) -> None:
+        if self.state not in _READING:
+            # Handing on what came before the close_notify broke the
+            # connection (an inner layer failed): nothing more to do.
+            return
         self._flush_output()
         self._on_peer_close_notify()
 
@@ -409,9 +421,6 @@ class Layer:
         if out:
             self.outer.write(out)
 
-    def pending_writes(self) -> Iterable[bytes | bytearray | memoryview]:
-        return tuple(self._pending)
-
     # -- shutdown flow --------------------------------------------------------
 
     def begin_shutdown(self) -> None:
@@ -425,11 +434,14 @@ class Layer:
         if self._pending:
             self._flush_pending()
         try:
-            self.engine.shutdown()
+            sent = self.engine.shutdown()
         except EngineError as exc:
             self._fail_engine(exc)
             return
         self._flush_output()
+        if not sent:
+            self.shutdown_deferred = True  # sent after the renegotiation
+            return
         if self.state is LayerState.OPEN:
             self._set_state(LayerState.CLOSING)
         elif self.state is LayerState.PEER_CLOSED:

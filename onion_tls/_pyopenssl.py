@@ -140,14 +140,26 @@ _ALERT_READ = SSL.SSL_CB_READ_ALERT
 _ALERT_WRITE = SSL.SSL_CB_WRITE_ALERT
 
 
-def _ssl_error_text(exc: SSL.Error) -> tuple[str, bool]:
+#: What an OpenSSL error with an empty error queue is reported as: the
+#: engine failed on the peer's bytes without saying why (pyOpenSSL's text
+#: for it would be "[]").
+NO_REASON = (
+    "the TLS engine refused the peer's data without giving a reason "
+    "(OpenSSL's error queue was empty; a corrupted or forged record?)"
+)
+
+
+def ssl_error_text(exc: SSL.Error) -> tuple[str, bool]:
     """(reason in words, whether it came from the peer's alert)."""
     reasons: list[str] = []
-    for item in exc.args[0] if exc.args and isinstance(exc.args[0], list) else ():
+    args = exc.args[0] if exc.args else None
+    for item in args if isinstance(args, list) else ():
         if isinstance(item, tuple) and len(item) == 3 and item[2]:
             reasons.append(str(item[2]))
     if not reasons:
-        text = str(exc) or type(exc).__name__
+        text = str(exc).strip()
+        if not text or text == "[]" or isinstance(args, list):
+            text = NO_REASON
         return text, False
     text = "; ".join(dict.fromkeys(reasons))
     return text, any("alert" in r for r in reasons)
@@ -220,9 +232,13 @@ class PyOpenSSLEngine:
             # As the ssl module does: OpenSSL frees its record buffers while
             # they are empty, so an idle layer holds ~34 KiB less.
             _lib.SSL_set_mode(self._ssl, _lib.SSL_MODE_RELEASE_BUFFERS)
-        # TLS 1.2 renegotiation is refused: a renegotiated session could change
-        # identity under the application's feet; OpenSSL answers with an alert.
-        conn.set_options(SSL.OP_NO_RENEGOTIATION)
+        # TLS 1.2 renegotiation, one policy for both engines (DESIGN rule 14):
+        # a server layer refuses a client's (a denial-of-service lever;
+        # OpenSSL answers with a no_renegotiation alert), a client layer
+        # accepts a server's secure renegotiation, as OpenSSL and the ssl
+        # module do by default (the new certificate is checked as the first).
+        if server_side:
+            conn.set_options(SSL.OP_NO_RENEGOTIATION)
         #: Ticket tracking (direct path): the session the handshake made.
         self._hs_session: Any = None
         if not self._direct or logger.isEnabledFor(logging.DEBUG):
@@ -301,7 +317,7 @@ class PyOpenSSLEngine:
                 logger.debug("layer %d: alert sent: %s", self.depth, _log.alert_text(ret))
 
     def _error(self, exc: SSL.Error) -> EngineError:
-        text, alert = _ssl_error_text(exc)
+        text, alert = ssl_error_text(exc)
         if self._verify_failure is not None:
             text = f"certificate verify failed: {self._verify_failure}"
             alert = False
@@ -411,11 +427,15 @@ class PyOpenSSLEngine:
             _log.payload(self.depth, "encrypted", data[:n])
         return n
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> bool:
         try:
             self._conn.shutdown()
         except SSL.Error as exc:
-            raise self._error(exc) from None
+            err = self._error(exc)
+            if err.reason == "shutdown while in init":
+                return False  # a renegotiation runs: after it
+            raise err from None
+        return True
 
     def take_output(self) -> bytes | bytearray:
         if self._direct:

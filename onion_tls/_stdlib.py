@@ -175,14 +175,17 @@ class StdlibEngine:
             _log.payload(self.depth, "encrypted", data[:n])
         return n
 
-    def shutdown(self) -> None:
-        logger.debug("layer %d: alert sent: warning close_notify", self.depth)
+    def shutdown(self) -> bool:
         try:
             self._obj.unwrap()
         except ssl.SSLWantReadError:
             pass  # our close_notify is queued; the peer's has not come yet
         except ssl.SSLError as exc:
+            if exc.reason == "SHUTDOWN_WHILE_IN_INIT":
+                return False  # a renegotiation runs: after it
             raise self._error(exc) from None
+        logger.debug("layer %d: alert sent: warning close_notify", self.depth)
+        return True
 
     def take_output(self) -> bytes:
         return self._out.read() if self._out.pending else b""

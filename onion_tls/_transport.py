@@ -52,6 +52,42 @@ _GATHER_MAX = 64 * 1024
 # After a fatal error we close the socket so the alert can leave; if the
 # peer does not read it, the socket is aborted after this long.
 _ALERT_GRACE = 2.0
+# How long close() waits for the close_notify alerts (and what was written
+# before them) to leave, by default, as asyncio's ssl_shutdown_timeout.
+_SHUTDOWN_TIMEOUT = 30.0
+# Writes after close() are dropped; from this many on, each is logged
+# (asyncio's LOG_THRESHOLD_FOR_CONNLOST_WRITES).
+_LOG_WRITES_AFTER_CLOSE = 5
+
+
+class _Op:
+    """A handshake or a pop under way: its layer, its timer, and the futures
+    handed to callers.  A waiter cancelled by its caller does not cancel the
+    operation: the others (and later callers) still get its outcome."""
+
+    __slots__ = ("layer", "timer", "waiters")
+
+    def __init__(self, layer: Layer, waiter: asyncio.Future[TLSLayer]) -> None:
+        self.layer = layer
+        self.waiters = [waiter]
+        self.timer: asyncio.TimerHandle | None = None
+
+    def resolve(self, view: TLSLayer) -> None:
+        self._end()
+        for fut in self.waiters:
+            if not fut.done():
+                fut.set_result(view)
+
+    def reject(self, exc: BaseException) -> None:
+        self._end()
+        for fut in self.waiters:
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def _end(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
@@ -90,13 +126,16 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         self._chain = Chain(self)
         #: What the application talks to.
         self.transport = OnionTransport(self)
-        self._starts: dict[Layer, tuple[asyncio.Future[TLSLayer], asyncio.TimerHandle | None]] = {}
-        self._stop: tuple[Layer, asyncio.Future[TLSLayer], asyncio.TimerHandle | None] | None = None
-        self._error: BaseException | None = None
+        self._starts: dict[Layer, _Op] = {}
+        self._stop: _Op | None = None
+        #: shutdown_timeout of each layer (close() waits the smallest).
+        self._shutdown_timeouts: dict[Layer, float | None] = {}
         self._lost = False
-        self._peer_eof = False
         self._flush_scheduled = False
+        #: Aborts the socket: after a fatal error (the alert had its time to
+        #: leave) or when close() takes longer than the shutdown timeout.
         self._grace: asyncio.TimerHandle | None = None
+        self._writes_after_close = 0
         # flow control
         self._high = _DEFAULT_HIGH
         self._low = _DEFAULT_HIGH // 4
@@ -145,10 +184,9 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         self._drop_read_buffer()
-        self._peer_eof = True
         self._chain.feed_eof()
         # The chain closes the socket itself when it should.
-        return not self._chain.dead
+        return not self._chain.ended
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._lost:
@@ -156,32 +194,15 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         self._lost = True
         self._drop_read_buffer()
         self._stop_gathering()
-        chain = self._chain
-        chain.mark_dead()
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
-        err = self._error if self._error is not None else exc
-        if isinstance(err, (BrokenPipeError, ConnectionResetError)) and (
-            chain.clean_eof
-            or (chain.closing and (self._peer_eof or chain.peer_closed_every_layer()))
-        ):
-            # The peer had closed cleanly (close_notify on every layer, then
-            # EOF) and was gone before our answering close_notify (from
-            # close() or stop_tls()) got there: that is still a clean close,
-            # even if the reset overtook the EOF.
-            err = None
+        # Clean or not is the chain's verdict; data decrypted before the
+        # end still reaches the application first.
+        err = self._chain.connection_lost(exc)
         if err is None and (self._starts or self._stop is not None):
             err = OnionError("the connection was closed while a layer was changing")
         self._fail_futures(err)
-        # Data that was decrypted before the end still reaches the app.
-        if not chain.tail.paused and not chain.closing:
-            for item in tuple(chain.tail.backlog):
-                if chain.tail.paused:
-                    break
-                if isinstance(item, bytes):
-                    self.deliver_data(item)
-        chain.tail.backlog.clear()
         app = self._app
         try:
             app.connection_lost(err)  # type: ignore[arg-type]
@@ -214,12 +235,12 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             app.data_received(data if type(data) is bytes else bytes(data))  # type: ignore[attr-defined]
             return
         view = memoryview(data)
-        tail = self._chain.tail
+        chain = self._chain
         while view:
-            if tail.paused:
+            if chain.delivery_paused:
                 # The application paused reading from buffer_updated(): the
                 # rest waits, first in line, for resume_reading().
-                tail.backlog.appendleft(bytes(view))
+                chain.deliver_later(bytes(view))
                 return
             buf = app.get_buffer(len(view))  # type: ignore[attr-defined]
             n = min(len(buf), len(view))
@@ -260,13 +281,11 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         if not self._lost:
-            self._chain.tail.flush()
+            self._chain.flush_deliveries()
             self._after_chain_change()
 
     def handshake_done(self, layer: Layer) -> None:
-        fut, timer = self._starts.pop(layer, (None, None))
-        if timer is not None:
-            timer.cancel()
+        op = self._starts.pop(layer, None)
         engine = layer.engine
         logger.debug(
             "layer %d: handshake done (%s, %s, %s, %s, resumed=%s, alpn=%s, sni=%s)",
@@ -279,27 +298,35 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             engine.alpn_protocol(),
             engine.requested_server_name() if engine.server_side else engine.server_hostname,
         )
-        if fut is not None and not fut.done():
-            fut.set_result(layer.view)  # type: ignore[arg-type]
+        if op is not None:
+            op.resolve(layer.view)  # type: ignore[arg-type]
+
+    def layer_abandoned(self, layer: Layer, exc: OnionError) -> None:
+        logger.debug("layer %d: abandoned: %s", layer.depth, exc)
+        op = self._starts.pop(layer, None)
+        if op is not None:
+            op.reject(exc)
+        if self._stop is not None and self._stop.layer is layer:
+            op, self._stop = self._stop, None
+            op.reject(exc)
 
     def layer_popped(self, layer: Layer) -> None:
         logger.debug("layer %d: popped (unwrapped)", layer.depth)
-        stop, self._stop = self._stop, None
-        if stop is None:
-            return
-        _, fut, timer = stop
-        if timer is not None:
-            timer.cancel()
-        if not fut.done():
-            fut.set_result(layer.view)  # type: ignore[arg-type]
+        self._shutdown_timeouts.pop(layer, None)
+        op, self._stop = self._stop, None
+        if op is not None:
+            op.resolve(layer.view)  # type: ignore[arg-type]
 
     def failed(self, exc: OnionError) -> None:
         logger.debug("failed: %s", exc)
-        self._error = exc
+        self._stop_gathering()
         self._fail_futures(exc)
         raw = self._raw
         if raw is None or self._lost:
             return
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
         if isinstance(exc, TLSTimeoutError) or self._loop is None:
             raw.abort()
             return
@@ -314,32 +341,32 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
     # -- futures and timers -------------------------------------------------
 
     def _fail_futures(self, err: BaseException | None) -> None:
+        why = str(err) if err is not None else "the connection was closed"
         starts, self._starts = self._starts, {}
-        for layer, (fut, timer) in starts.items():
-            if timer is not None:
-                timer.cancel()
-            if fut.done():
-                continue
-            if isinstance(err, OnionError) and err.depth == layer.depth:
-                fut.set_exception(err)
+        for layer, op in starts.items():
+            if isinstance(err, HandshakeError) and err.depth == layer.depth:
+                op.reject(err)
             else:
-                why = str(err) if err is not None else "the connection was closed"
                 e = HandshakeError(f"the handshake could not finish: {why}", depth=layer.depth)
                 e.__cause__ = err
-                fut.set_exception(e)
+                op.reject(e)
         stop, self._stop = self._stop, None
         if stop is not None:
-            layer, fut, timer = stop
-            if timer is not None:
-                timer.cancel()
-            if not fut.done():
-                if isinstance(err, OnionError) and err.depth == layer.depth:
-                    fut.set_exception(err)
-                else:
-                    why = str(err) if err is not None else "the connection was closed"
-                    e2 = OnionError(f"stop_tls() could not finish: {why}", depth=layer.depth)
-                    e2.__cause__ = err
-                    fut.set_exception(e2)
+            if isinstance(err, OnionError) and err.depth == stop.layer.depth:
+                stop.reject(err)
+            else:
+                e2 = OnionError(f"stop_tls() could not finish: {why}", depth=stop.layer.depth)
+                e2.__cause__ = err
+                stop.reject(e2)
+
+    def _close_timeout(self, timeout: float) -> None:
+        self._grace = None
+        self._chain.fail(
+            TLSTimeoutError(
+                f"close() did not finish within {timeout:g} s (the peer does not take "
+                "the data or the close_notify alerts): the connection was aborted (timeout)"
+            )
+        )
 
     def _handshake_timeout(self, layer: Layer, timeout: float) -> None:
         if layer in self._starts:
@@ -351,7 +378,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             )
 
     def _shutdown_timeout(self, layer: Layer, timeout: float) -> None:
-        if self._stop is not None and self._stop[0] is layer:
+        if self._stop is not None and self._stop.layer is layer:
             self._chain.fail(
                 TLSTimeoutError(
                     f"the peer did not answer close_notify within {timeout:g} s (timeout)",
@@ -369,9 +396,11 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         initial_bytes: bytes | bytearray | memoryview,
         session: object | None,
         handshake_timeout: float | None,
+        shutdown_timeout: float | None,
     ) -> asyncio.Future[TLSLayer]:
         loop = self._require_loop()
         timeout = _check_timeout("handshake_timeout", handshake_timeout)
+        close_timeout = _check_timeout("shutdown_timeout", shutdown_timeout)
         self._send_gathered()  # written before the new layer: outside it
         if server_side and server_hostname:
             raise ValueError("server_hostname is only meaningful with server_side=False")
@@ -384,14 +413,12 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         layer = self._chain.push(engine)
         engine.depth = layer.depth
         layer.view = TLSLayer(layer)
+        self._shutdown_timeouts[layer] = close_timeout
         fut: asyncio.Future[TLSLayer] = loop.create_future()
         fut.add_done_callback(_retrieve)
-        timer = (
-            loop.call_later(timeout, self._handshake_timeout, layer, timeout)
-            if timeout is not None
-            else None
-        )
-        self._starts[layer] = (fut, timer)
+        op = self._starts[layer] = _Op(layer, fut)
+        if timeout is not None:
+            op.timer = loop.call_later(timeout, self._handshake_timeout, layer, timeout)
         logger.debug(
             "layer %d: handshake started (%s, %s%s)",
             layer.depth,
@@ -404,27 +431,34 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         return fut
 
     def _stop_tls(self, timeout: float | None) -> asyncio.Future[TLSLayer]:
+        if self._lost and self._loop is not None:
+            popped = self._chain.pop_after_end()
+            if popped is not None:
+                done: asyncio.Future[TLSLayer] = self._loop.create_future()
+                done.set_result(popped.view)  # type: ignore[arg-type]
+                return done
         loop = self._require_loop()
         t = _check_timeout("timeout", timeout)
         self._send_gathered()  # written before the stop: inside the layer
         chain = self._chain
         layer = chain.innermost()
-        if self._stop is not None and layer is self._stop[0]:
-            return self._stop[1]
         fut: asyncio.Future[TLSLayer] = loop.create_future()
         fut.add_done_callback(_retrieve)
-        if layer is not None:
-            self._stop = (layer, fut, None)
+        if self._stop is not None and layer is self._stop.layer and not chain.finishing:
+            # The same pop: one more waiter for it.
+            self._stop.waiters.append(fut)
+            return fut
+        op = _Op(layer, fut) if layer is not None else None
+        self._stop = op
         try:
             chain.stop_tls()
         except BaseException:
             self._stop = None
             raise
-        assert layer is not None  # chain.stop_tls() raised otherwise
+        assert layer is not None and op is not None  # chain.stop_tls() raised otherwise
         logger.debug("layer %d: stop_tls (close_notify sent or queued)", layer.depth)
-        if self._stop is not None and self._stop[1] is fut and t is not None:
-            timer = loop.call_later(t, self._shutdown_timeout, layer, t)
-            self._stop = (self._stop[0], fut, timer)
+        if self._stop is op and t is not None:
+            op.timer = loop.call_later(t, self._shutdown_timeout, layer, t)
         self._after_chain_change()
         return fut
 
@@ -435,14 +469,34 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
 
     def _abort(self) -> None:
         self._stop_gathering()
-        self._chain.mark_dead()
-        self._chain.tail.backlog.clear()  # nothing more reaches the app
-        if self._error is None:
-            self._error = None
+        self._chain.abort()  # nothing more is sent or delivered
         self._fail_futures(OnionError("the connection was aborted"))
         raw = self._raw
         if raw is not None and not self._lost:
             raw.abort()
+
+    def _close(self) -> None:
+        chain = self._chain
+        if self._raw is None or self._lost or chain.finishing:
+            return
+        self._send_gathered()
+        self._stop_gathering()
+        timeouts = [t for layer in chain.layers() if (t := self._shutdown_timeouts.get(layer))]
+        if timeouts and self._loop is not None:
+            # Bounded (DESIGN rule 13): then the socket is aborted.
+            timeout = min(timeouts)
+            self._grace = self._loop.call_later(timeout, self._close_timeout, timeout)
+        chain.close()
+        self._after_chain_change()
+
+    def _write_after_close(self) -> None:
+        self._writes_after_close += 1
+        if self._writes_after_close == _LOG_WRITES_AFTER_CLOSE:
+            logger.warning(
+                "%d writes after close(), abort() or the loss of the connection were "
+                "dropped (as asyncio's transports do); further ones are dropped silently",
+                self._writes_after_close,
+            )
 
     # -- flow control -----------------------------------------------------------
 
@@ -463,6 +517,10 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         control sees them as if they had not waited.  (While a write stays
         below both, :meth:`OnionTransport.write` appends it itself: the
         common case costs one append.)"""
+        chain = self._chain
+        if chain.finishing or self._lost:
+            self._write_after_close()
+            return
         gather = self._gather
         if gather is not None:
             if len(data) < _GATHER_SMALL:
@@ -474,13 +532,12 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
                 self._chain.write(data)
             self._gather_room = self._room()
             return
-        chain = self._chain
         chain.write(data)
         loop = self._loop
         if (
             loop is not None
             and not self._lost
-            and chain.tail.outer is not chain.head
+            and chain.innermost() is not None
             and not loop.is_closed()
         ):
             loop.call_soon(self._end_gather)
@@ -556,7 +613,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         raw = self._raw
         if raw is None or self._lost or raw.is_closing():
             return
-        want_paused = self._chain.tail.paused and not self._chain.needs_input()
+        want_paused = not self._chain.wants_input()
         if want_paused != self._raw_read_paused:
             self._raw_read_paused = want_paused
             if want_paused:
@@ -591,6 +648,9 @@ class OnionTransport(asyncio.Transport):
         initial_bytes: bytes | bytearray | memoryview = b"",
         session: object | None = None,
         handshake_timeout: float | None = 60.0,
+        shutdown_timeout: float | None = _SHUTDOWN_TIMEOUT,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
     ) -> asyncio.Future[TLSLayer]:
         """Push a new innermost TLS layer, now, and start its handshake.
 
@@ -605,11 +665,18 @@ class OnionTransport(asyncio.Transport):
             already received is ever fed to the new layer.
           session: an earlier layer's ``TLSLayer.session`` to resume.
           handshake_timeout: seconds, or None for no limit.
+          shutdown_timeout: seconds :meth:`close` waits, while this layer
+            is on, for the close_notify alerts (and what was written before
+            them) to leave before it aborts the socket; or None for no limit.
+            close() uses the smallest of its layers'.
+          ssl_handshake_timeout, ssl_shutdown_timeout: asyncio's names for
+            the two timeouts; None (their default) keeps the above.
 
         Returns:
           A future that resolves with the layer's :class:`TLSLayer` when its
           handshake is done, or fails with :class:`HandshakeError`.  Writes
           made meanwhile are sent inside the new layer once it is up.
+          Cancelling the future does not stop the handshake.
 
         Raises:
           LayerStateError: the connection is closing, or a stop is pending.
@@ -620,7 +687,8 @@ class OnionTransport(asyncio.Transport):
             server_hostname,
             initial_bytes,
             session,
-            handshake_timeout,
+            handshake_timeout if ssl_handshake_timeout is None else ssl_handshake_timeout,
+            shutdown_timeout if ssl_shutdown_timeout is None else ssl_shutdown_timeout,
         )
 
     def stop_tls(self, *, timeout: float | None = 30.0) -> asyncio.Future[TLSLayer]:
@@ -634,6 +702,8 @@ class OnionTransport(asyncio.Transport):
         Returns:
           A future resolving with the popped :class:`TLSLayer`; it fails with
           :class:`TLSTimeoutError` when the peer does not answer in time.
+          Calling stop_tls() again while the pop is pending returns a new
+          future for the same pop; cancelling one does not stop the pop.
 
         Raises:
           LayerStateError: there is no layer, or the connection is closing.
@@ -663,17 +733,20 @@ class OnionTransport(asyncio.Transport):
 
     def is_closing(self) -> bool:
         p = self._p
-        return p._lost or p._chain.closing or p._chain.dead
+        return p._lost or p._chain.finishing
 
     def close(self) -> None:
         """Flush held writes, send close_notify on every layer from the
-        innermost out, then close the socket."""
-        p = self._p
-        if p._raw is None or p._lost:
-            return
-        p._send_gathered()
-        p._chain.close()
-        p._after_chain_change()
+        innermost out, then close the socket.
+
+        Bounded in time: after the smallest ``shutdown_timeout`` of the
+        layers (30 s by default) the socket is aborted and
+        ``connection_lost`` gets a :class:`TLSTimeoutError`.  A handshake
+        still running is abandoned at once (its future fails with
+        :class:`HandshakeError`).  Writes after close() are dropped, as
+        asyncio does (logged after a few).
+        """
+        self._p._close()
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._p._app = protocol
@@ -685,24 +758,29 @@ class OnionTransport(asyncio.Transport):
     # -- asyncio.ReadTransport -----------------------------------------------
 
     def is_reading(self) -> bool:
-        return not self._p._chain.tail.paused and not self.is_closing()
+        return not self._p._chain.delivery_paused and not self.is_closing()
 
     def pause_reading(self) -> None:
         """Stop delivering data to the protocol (handshakes and shutdowns
-        keep reading what they need)."""
+        keep reading what they need, up to a bound)."""
         p = self._p
-        p._chain.tail.paused = True
+        p._chain.pause_delivery()
         p._sync_raw_reading()
 
     def resume_reading(self) -> None:
         p = self._p
-        tail = p._chain.tail
-        if not tail.paused:
-            return
-        tail.paused = False
-        if tail.backlog:
-            p.schedule_flush()
+        p._chain.resume_delivery()
         p._sync_raw_reading()
+
+    def deliver_waiting(self) -> None:
+        """Hand the protocol, now, the data that waits for it (decrypted
+        while it was inside a call into this transport), unless reading is
+        paused.  Not part of asyncio's API: :meth:`StreamWriter.take_buffered
+        <onion_tls.StreamWriter.take_buffered>` uses it."""
+        chain = self._p._chain
+        if not chain.in_app_call:
+            chain.flush_deliveries()
+            self._p._after_chain_change()
 
     # -- asyncio.WriteTransport ----------------------------------------------
 

@@ -6,10 +6,17 @@ fault (1 = outermost), or ``None`` when no single layer is at fault.  The
 message always names the depth, so a log line alone tells which session of a
 nested stack went wrong.
 
-Misuse by the local application (calling ``stop_tls`` with no layer, writing
-after ``close``) raises :class:`LayerStateError`; faults of the peer or the
-network are :class:`HandshakeError`, :class:`TLSProtocolError`,
-:class:`TruncatedError` and :class:`TLSTimeoutError`.
+Misuse by the local application (calling ``stop_tls`` with no layer,
+``start_tls`` on a closing connection) raises :class:`LayerStateError`;
+faults of the peer or the network are :class:`HandshakeError`,
+:class:`TLSProtocolError`, :class:`TruncatedError` and
+:class:`TLSTimeoutError`.  Writes after ``close()`` raise nothing: as with
+asyncio's transports they are dropped (and logged after a few).
+
+Once a layer is up, the application sees no other exception class: a socket
+reset under a layer is a :class:`TruncatedError` naming the layer, with the
+``OSError`` as its ``__cause__`` (in plaintext, the ``OSError`` is passed
+on as asyncio gives it).
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ class HandshakeError(OnionError):
 class LayerStateError(OnionError):
     """The local application asked for something the layer stack cannot do
     in its current state (``stop_tls`` with no layer, ``start_tls`` on a
-    closing connection, writing after ``close()``)."""
+    closing connection or while a stop is pending)."""
 
 
 class TLSProtocolError(OnionError):
@@ -58,8 +65,11 @@ class TLSProtocolError(OnionError):
 
 class TruncatedError(OnionError):
     """The connection ended inside a TLS layer without that layer's
-    close_notify: the data may have been cut short by an attacker or a
-    crash.  A clean close is close_notify first, then EOF."""
+    close_notify (a TCP EOF, or a reset: then ``__cause__`` is the
+    ``OSError``): the data may have been cut short by an attacker or a
+    crash.  A clean close is close_notify first, then EOF.  The streams
+    raise it where the EOF would have been, after the data received and
+    verified before it."""
 
 
 class TLSTimeoutError(OnionError, TimeoutError):

@@ -48,7 +48,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from ._transport import OnionProtocol, OnionTransport
-from .errors import LayerStateError
+from .errors import LayerStateError, TruncatedError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -87,6 +87,69 @@ def _reopen(reader: asyncio.StreamReader) -> None:
     reader._eof = False  # type: ignore[attr-defined]
 
 
+class _StreamReader(asyncio.StreamReader):
+    """asyncio's ``StreamReader``, with one difference: a truncation (the
+    connection ended inside a TLS layer without its close_notify) is raised
+    where the EOF would have been returned, so that everything received and
+    verified before it can still be read (``read(n)`` returns it and then
+    raises :class:`~onion_tls.TruncatedError` instead of ``b""``;
+    ``readexactly``/``readuntil`` raise it instead of
+    ``IncompleteReadError``; ``readline`` returns a last partial line first)."""
+
+    _truncation: TruncatedError | None = None
+    _eof_means_partial = False
+
+    def feed_truncation(self, exc: TruncatedError) -> None:
+        self._truncation = exc
+        self.feed_eof()
+
+    def _check_truncation(self) -> None:
+        if self._truncation is not None:
+            raise self._truncation
+
+    async def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            # (asyncio's read(-1) calls read(limit) in a loop: through this
+            # class it would raise at the end instead of returning the data)
+            blocks = []
+            while block := await super().read(_DEFAULT_LIMIT):
+                blocks.append(block)
+            data = b"".join(blocks)
+        else:
+            data = await super().read(n)
+        if not data and n != 0:
+            self._check_truncation()
+        return data
+
+    async def readline(self) -> bytes:
+        # asyncio's readline() calls readuntil() and returns the partial
+        # line of an IncompleteReadError: keep that for the last line.
+        self._eof_means_partial = True
+        try:
+            line = await super().readline()
+        finally:
+            self._eof_means_partial = False
+        if not line:
+            self._check_truncation()
+        return line
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:  # type: ignore[override]
+        try:
+            return await super().readuntil(separator)
+        except asyncio.IncompleteReadError as exc:
+            if self._truncation is not None and not self._eof_means_partial:
+                raise self._truncation from exc
+            raise
+
+    async def readexactly(self, n: int) -> bytes:
+        try:
+            return await super().readexactly(n)
+        except asyncio.IncompleteReadError as exc:
+            if self._truncation is not None:
+                raise self._truncation from exc
+            raise
+
+
 # -- the protocol -------------------------------------------------------------
 
 
@@ -100,6 +163,7 @@ class _StreamProtocol(asyncio.Protocol):
         *,
         server_ssl: Any = None,
         handshake_timeout: float | None = 60.0,
+        shutdown_timeout: float | None = 30.0,
         tasks: set[asyncio.Task[None]] | None = None,
         accepted: bool | None = None,
     ) -> None:
@@ -108,6 +172,7 @@ class _StreamProtocol(asyncio.Protocol):
         self._cb = client_connected_cb
         self._server_ssl = server_ssl
         self._handshake_timeout = handshake_timeout
+        self._shutdown_timeout = shutdown_timeout
         self._tasks = tasks
         #: This end accepted the connection: the TLS server by default.
         self.server_side = accepted if accepted is not None else client_connected_cb is not None
@@ -170,6 +235,8 @@ class _StreamProtocol(asyncio.Protocol):
         if reader is not None:
             if exc is None:
                 reader.feed_eof()
+            elif isinstance(exc, TruncatedError) and isinstance(reader, _StreamReader):
+                reader.feed_truncation(exc)
             else:
                 reader.set_exception(exc)
         if not self._closed.done():
@@ -241,6 +308,7 @@ class _StreamProtocol(asyncio.Protocol):
                     self._server_ssl,
                     server_side=True,
                     handshake_timeout=self._handshake_timeout,
+                    shutdown_timeout=self._shutdown_timeout,
                 )
             except Exception as exc:  # noqa: BLE001 - the connection is closed already
                 logger.info("%s: handshake failed, connection dropped: %s", _peer(writer), exc)
@@ -326,11 +394,11 @@ class StreamWriter:
         # Reading was paused with more data waiting in the onion (the reader
         # was full): that data arrived before the upgrade too.  Hand it over
         # now, so that the caller's start_tls() finds nothing left behind.
-        onion = self._transport._p
-        tail = onion._chain.tail
-        while tail.backlog and not tail.paused and not onion._chain.in_app_call:
-            tail.flush()
-            data += _take_buffer(self._reader)
+        # (Taking the reader's buffer resumed reading, if it was paused.)
+        self._transport.deliver_waiting()
+        while more := _take_buffer(self._reader):
+            data += more
+            self._transport.deliver_waiting()
         return data
 
     def start_tls(
@@ -342,6 +410,9 @@ class StreamWriter:
         initial_bytes: bytes | bytearray | memoryview | None = None,
         session: object | None = None,
         handshake_timeout: float | None = 60.0,
+        shutdown_timeout: float | None = 30.0,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
     ) -> asyncio.Future[TLSLayer]:
         """Push a new innermost TLS layer, now, and start its handshake.
 
@@ -361,6 +432,12 @@ class StreamWriter:
             usually ``writer.take_buffered()``.
           session: a ``TLSLayer.session`` to resume.
           handshake_timeout: seconds, or None for no limit.
+          shutdown_timeout: how long :meth:`close` waits for the
+            close_notify alerts to leave while this layer is on (the
+            smallest of the layers' counts), or None for no limit.
+          ssl_handshake_timeout, ssl_shutdown_timeout: asyncio's names
+            (``StreamWriter.start_tls`` of Python 3.11+); None keeps the
+            above.
 
         Returns:
           A future (await it) for the layer's :class:`~onion_tls.TLSLayer`,
@@ -390,6 +467,9 @@ class StreamWriter:
             initial_bytes=initial_bytes if initial_bytes is not None else b"",
             session=session,
             handshake_timeout=handshake_timeout,
+            shutdown_timeout=shutdown_timeout,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
 
     def stop_tls(self, *, timeout: float | None = 30.0) -> asyncio.Future[TLSLayer]:
@@ -486,6 +566,8 @@ async def open_connection(
     ssl: Any = None,
     server_hostname: str | None = None,
     ssl_handshake_timeout: float | None = 60.0,
+    ssl_shutdown_timeout: float | None = 30.0,
+    session: object | None = None,
     limit: int = _DEFAULT_LIMIT,
     **kwds: Any,
 ) -> tuple[asyncio.StreamReader, StreamWriter]:
@@ -500,6 +582,9 @@ async def open_connection(
       server_hostname: SNI and the name to check for layer 1; by default
         ``host``.
       ssl_handshake_timeout: seconds for layer 1's handshake.
+      ssl_shutdown_timeout: seconds close() waits for layer 1's
+        close_notify to leave before it aborts.
+      session: a ``TLSLayer.session`` to resume for layer 1.
       limit: the reader's buffer limit.
       **kwds: passed on to ``loop.create_connection`` (``family``,
         ``local_addr``, ``sock``, ...).
@@ -508,7 +593,7 @@ async def open_connection(
       HandshakeError: layer 1's handshake failed; the connection is closed.
     """
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    reader = _StreamReader(limit=limit, loop=loop)
 
     def factory() -> OnionProtocol:
         return OnionProtocol(_StreamProtocol(reader))
@@ -528,6 +613,8 @@ async def open_connection(
                 server_side=False,
                 server_hostname=server_hostname,
                 handshake_timeout=ssl_handshake_timeout,
+                shutdown_timeout=ssl_shutdown_timeout,
+                session=session,
             )
         except BaseException:
             writer.transport.abort()
@@ -542,6 +629,7 @@ async def start_server(
     *,
     ssl: Any = None,
     ssl_handshake_timeout: float | None = 60.0,
+    ssl_shutdown_timeout: float | None = 30.0,
     limit: int = _DEFAULT_LIMIT,
     **kwds: Any,
 ) -> asyncio.Server:
@@ -563,12 +651,13 @@ async def start_server(
     tasks: set[asyncio.Task[None]] = set()
 
     def factory() -> OnionProtocol:
-        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        reader = _StreamReader(limit=limit, loop=loop)
         proto = _StreamProtocol(
             reader,
             client_connected_cb,
             server_ssl=ssl or None,
             handshake_timeout=ssl_handshake_timeout,
+            shutdown_timeout=ssl_shutdown_timeout,
             tasks=tasks,
         )
         return OnionProtocol(proto)

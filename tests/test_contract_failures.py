@@ -299,9 +299,11 @@ async def test_truncation_inside_layer_two(pki: PKI, ckind: str, sengine: str) -
         await s.expect(b"x")
         s.t.abort()
         exc = await c.wait_lost()
-        assert isinstance(exc, (onion_tls.OnionError, ConnectionResetError))
-        if isinstance(exc, onion_tls.OnionError):
-            assert exc.depth == 2
+        # Under a layer, an EOF or a reset is a TruncatedError naming the
+        # innermost layer (rule 14), never a bare OSError.
+        assert isinstance(exc, onion_tls.TruncatedError), exc
+        assert exc.depth == 2
+        assert exc.__cause__ is None or isinstance(exc.__cause__, ConnectionError)
         assert c.eofs == []
 
 

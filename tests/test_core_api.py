@@ -30,6 +30,7 @@ from onion_tls import (
     OnionProtocol,
     OnionTransport,
     TLSLayer,
+    TruncatedError,
 )
 from onion_tls.testing import Engine, OnionCA
 
@@ -172,7 +173,8 @@ async def test_layer_state_errors_on_misuse(onion_ca: OnionCA) -> None:
         # start_tls while a stop is pending
         pair.s.eof_result = True
         stop = t.stop_tls()
-        assert t.stop_tls() is stop
+        again = t.stop_tls()  # a new future for the same pop (rule 13)
+        assert again is not stop
         with pytest.raises(LayerStateError, match="stop_tls\\(\\) is in progress") as info:
             t.start_tls(onion_ca.client_context(), server_hostname=onion_ca.hostname(2))
         assert info.value.depth == 1
@@ -182,7 +184,7 @@ async def test_layer_state_errors_on_misuse(onion_ca: OnionCA) -> None:
         with pytest.raises(LayerStateError, match="inside a layer that is peer closed"):
             pair.server.start_tls(onion_ca.server_context(2), server_side=True)
         pair.server.stop_tls()
-        await asyncio.wait_for(stop, WAIT)
+        assert await asyncio.wait_for(stop, WAIT) is await asyncio.wait_for(again, WAIT)
         # after close(): every layer call is refused, writes are dropped
         t.close()
         assert t.is_closing()
@@ -239,7 +241,9 @@ async def test_abort_sends_nothing_more(onion_ca: OnionCA, engine: Engine) -> No
         assert info.value.depth == 3
         assert await pair.c.wait_lost() is None
         lost = await pair.s.wait_lost()
-        assert isinstance(lost, ConnectionResetError)
+        # A reset under a layer: an OnionError naming the depth (rule 14).
+        assert isinstance(lost, TruncatedError) and lost.depth == 2, lost
+        assert isinstance(lost.__cause__, ConnectionResetError)
         assert bytes(pair.pipe.sent["a"]) == before  # not even close_notify
         assert bytes(pair.s.data) == b""
         assert pair.s.eofs == 0
@@ -314,13 +318,20 @@ async def test_close_flushes_held_and_handshake_writes(onion_ca: OnionCA) -> Non
         )
         pair.client.write(b"queued in the handshake")
         pair.client.close()
-        await asyncio.wait_for(asyncio.gather(fc, fs), WAIT)
-        await pair.s.expect(b"queued in the handshake")
-        assert pair.s.received_at(2) == b"queued in the handshake"
+        # Rule 13: close() during a handshake ends the connection promptly
+        # and fails that handshake; what was queued inside it is never sent
+        # (never in a weaker layer either).
+        with pytest.raises(
+            HandshakeError, match=r"closed \(close\(\)\) before the handshake"
+        ) as ci:
+            await asyncio.wait_for(fc, WAIT)
+        assert ci.value.depth == 2
         assert await pair.c.wait_lost() is None
-        await pair.s.wait_eof()
-        pair.server.close()
-        assert await pair.s.wait_lost() is None
+        with pytest.raises(HandshakeError) as si:
+            await asyncio.wait_for(fs, WAIT)
+        assert si.value.depth == 2
+        assert await pair.s.wait_lost() is si.value
+        assert bytes(pair.s.data) == b""
 
 
 # -- the application protocol ------------------------------------------------------
@@ -422,4 +433,6 @@ async def test_transport_calls_from_inside_data_received(
         if call == "close":
             await pair.s.wait_eof()  # orderly: close_notify came
         else:
-            assert isinstance(await pair.s.wait_lost(), ConnectionResetError)
+            lost = await pair.s.wait_lost()
+            assert isinstance(lost, TruncatedError) and lost.depth == 2, lost
+            assert isinstance(lost.__cause__, ConnectionResetError)

@@ -102,11 +102,13 @@ async def pop_once(pair: Pair, initiator: str, depth: int) -> None:
     ini_t.write(b"I-last-%d;" % depth)
     res_t.write(b"R-early-%d;" % depth)  # crosses our close_notify
     fut = ini_t.stop_tls()
-    assert ini_t.stop_tls() is fut  # idempotent while it runs
+    again = ini_t.stop_tls()  # the same pop, a future of its own (rule 13)
+    assert again is not fut
     ini_t.write(b"I-beneath-%d;" % depth)  # held until the pop
     assert len(ini_t.layers) == depth
     popped = await asyncio.wait_for(fut, WAIT)
     assert popped.depth == depth
+    assert await asyncio.wait_for(again, WAIT) is popped
     assert len(ini_t.layers) == depth - 1
     await res.wait_for(lambda: bool(futs), "the responder's stop_tls")
     assert (await asyncio.wait_for(futs[0], WAIT)).depth == depth

@@ -644,6 +644,10 @@ class Case:
         self.plain_eofs: list[tuple[str, str]] = []
         #: Closed during a handshake: what it had not read yet may be lost.
         self.early_closer: str | None = None
+        self.early_depth = 0
+        #: ... and what both had sent before that handshake began (what
+        #: was queued in the handshake is never sent: rule 13).
+        self.sent_before_early: dict[str, int] = {}
 
     # -- actions --------------------------------------------------------------
 
@@ -784,7 +788,7 @@ class Case:
 
     def delivered_all(self) -> bool:
         return all(
-            len(self.apps[_other(s)].received) >= len(self.sent[s])
+            len(self.apps[_other(s)].received) >= self.sent_before_early.get(s, len(self.sent[s]))
             for s in "ab"
             if _other(s) != self.early_closer
         )
@@ -841,13 +845,18 @@ class Case:
                 return False
             order = list("ab")
             self.rng.shuffle(order)
+            early = self.plan.early if depth == len(self.plan.layers) else None
+            if early == "close":
+                self.sent_before_early = {s: len(self.sent[s]) for s in "ab"}
             futs = [self.push(side, depth) for side in order]
             if self.rng.random() < 0.3:
                 self.send(self.rng.choice("ab"))  # queued until the handshake is done
-            early = self.plan.early if depth == len(self.plan.layers) else None
             if early == "close":
-                # Orderly close while the handshake runs: it finishes first.
+                # close() while the handshake runs ends it at once (rule 13):
+                # both handshakes fail, the closer's peer loses the
+                # connection with a HandshakeError of this depth.
                 self.early_closer = order[0]
+                self.early_depth = depth
                 self.close(order[0])
                 await self.settle(futs)
                 return False
@@ -976,7 +985,7 @@ class Case:
                 self.violations.append(problem)
             return
         # Delivered, or waiting for the application to resume reading.
-        have = len(self.apps[side].received) + t._p._chain.tail.backlog_size()
+        have = len(self.apps[side].received) + t._p._chain.tail.held
         if have < mark:
             self.violations.append(
                 f"{side}: {what} at depth {depth} with {have} of the {mark} bytes "
@@ -1045,11 +1054,25 @@ class Case:
             return []
         peer = self.apps[_other(side)]
         peer_failed = any(e is not None for e in peer.lost)
-        if isinstance(exc, ConnectionResetError) and (
-            fired.startswith("reset") or self.closed_by_app[_other(side)] or peer_failed
+        plaintext = not self.transport(side).layers
+        if (
+            isinstance(exc, ConnectionResetError)
+            and plaintext
+            and (fired.startswith("reset") or self.closed_by_app[_other(side)] or peer_failed)
         ):
-            return []  # the peer reset the connection (an abort after its error)
+            # The peer reset the connection (an abort after its error); under
+            # a layer it would have to be an OnionError naming the depth.
+            return []
         return [f"{side}: connection_lost got {exc!r}, not an OnionError"]
+
+    def _early_close_outcome(self, exc: BaseException | None) -> bool:
+        """What close() during the last handshake makes happen (rule 13): a
+        HandshakeError of that depth, on both sides."""
+        return (
+            self.early_closer is not None
+            and isinstance(exc, HandshakeError)
+            and exc.depth == self.early_depth
+        )
 
     def _check_outcome(self) -> list[str]:
         out: list[str] = []
@@ -1059,7 +1082,7 @@ class Case:
         complete = self.delivered_all()
         if not fired and not aborted:
             for s in "ab":
-                if lost[s] is not None:
+                if lost[s] is not None and not self._early_close_outcome(lost[s]):
                     out.append(f"{s}: no fault happened, yet connection_lost({lost[s]!r})")
             if not complete:
                 out.append(
@@ -1072,6 +1095,8 @@ class Case:
                 )
             for name, fut in self.futures:
                 if fut.done() and not fut.cancelled() and fut.exception() is not None:
+                    if self._early_close_outcome(fut.exception()):
+                        continue
                     out.append(f"no fault happened, yet {name} failed: {fut.exception()}")
         if self.fault_hit is not None:
             k = self.fault_hit["depth"]

@@ -185,6 +185,15 @@ class Hooks:
     def handshake_done(self, layer: Layer) -> None:
         self.done.append(layer)
 
+    def app_buffer(self, size: int) -> memoryview | None:
+        return None
+
+    def app_buffer_filled(self, nbytes: int) -> None:  # pragma: no cover - no app buffer
+        raise AssertionError("no app buffer was lent")
+
+    def layer_abandoned(self, layer: Layer, exc: OnionError) -> None:
+        self.failures.append(exc)
+
     def layer_popped(self, layer: Layer) -> None:
         pass
 
@@ -215,7 +224,7 @@ class Side:
         self.chain.feed(data)
         if self.hooks.flush:
             self.hooks.flush = False
-            self.chain.tail.flush()
+            self.chain.flush_deliveries()
 
 
 @functools.cache

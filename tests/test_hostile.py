@@ -449,18 +449,18 @@ async def test_renegotiation(onion_ca: OnionCA, engine: str, depth: int, victim_
     """A TLS 1.2 peer renegotiates (a ClientHello from a client, a
     HelloRequest from a server) after data has flowed.
 
-    Refused, for the pyOpenSSL engine in both roles (the engine sets
-    OP_NO_RENEGOTIATION) and for a stdlib server (OpenSSL >= 3.0 refuses
-    client-initiated renegotiation by default): the victim answers with a
-    no_renegotiation warning, the renegotiating peer gives up with a fatal
-    handshake_failure alert, and the victim's layer ends in a
-    TLSProtocolError at its depth.
+    One policy for both engines (DESIGN rule 14).  Refused by a server
+    layer (the pyOpenSSL engine sets OP_NO_RENEGOTIATION on server layers;
+    OpenSSL >= 3.0 refuses client-initiated renegotiation by default): the
+    victim answers with a no_renegotiation warning, the renegotiating peer
+    gives up with a fatal handshake_failure alert, and the victim's layer
+    ends in a TLSProtocolError at its depth.
 
-    Handled, for a stdlib client (ssl.SSLContext allows a server to
-    renegotiate, and the engine cannot set options on a caller's context):
-    the new handshake runs inside the layer, data the victim writes while it
-    runs waits (the engine takes nothing until it is done) and is delivered
-    in order afterwards, and data keeps flowing both ways.
+    Accepted by a client layer (a server's secure renegotiation, as OpenSSL
+    allows by default): the new handshake runs inside the layer, data the
+    victim writes while it runs waits (the engine takes nothing until it is
+    done) and is delivered in order afterwards, and data keeps flowing both
+    ways.
     """
     s = await setup(onion_ca, depth, engine)
     if victim_role == "server":
@@ -474,7 +474,7 @@ async def test_renegotiation(onion_ca: OnionCA, engine: str, depth: int, victim_
     raw.send(b"before")
     await until(lambda: s.victim.data == b"before", "data")
     assert raw.conn.renegotiate()
-    handled = engine == "stdlib" and victim_role == "client"
+    handled = victim_role == "client"
     raw.hold = handled  # hold the victim's answer: its new handshake stays open
     raw.pump()  # sends the HelloRequest / ClientHello
     if not handled:
@@ -496,3 +496,33 @@ async def test_renegotiation(onion_ca: OnionCA, engine: str, depth: int, victim_
     assert s.pair.server.layers[-1].state == "open"
     await s.finish()
     assert s.victim.lost == [None]
+
+
+@params
+async def test_close_during_a_renegotiation(onion_ca: OnionCA, engine: str, depth: int) -> None:
+    """close() while a server's renegotiation is half done (the victim's new
+    ClientHello sent, the answer not yet back): OpenSSL cannot send a
+    close_notify in the middle of a handshake ("shutdown while in init"), so
+    the layer sends it as soon as the renegotiation is over - no error
+    escapes, and the close is clean on both sides (DESIGN rule 14)."""
+    s = await setup(onion_ca, depth, engine)
+    fut = s.victim_client("TLSv1.2")
+    raw = s.raw_server("TLSv1.2")
+    raw.start()
+    await fut
+    raw.send(b"before")
+    await until(lambda: s.victim.data == b"before", "data")
+    assert raw.conn.renegotiate()
+    raw.hold = True
+    raw.pump()  # the HelloRequest
+    await until(lambda: raw.held > 0, "the victim's new ClientHello")
+    s.pair.server.close()
+    await asyncio.sleep(0.01)
+    assert raw.error is None and not s.victim.lost
+    raw.release()
+    await until(lambda: raw.peer_closed or raw.error is not None, "the victim's close_notify")
+    assert raw.error is None, raw.error
+    assert raw.conn.total_renegotiations() == 1
+    await until(lambda: bool(s.victim.lost), "the victim's connection_lost")
+    assert s.victim.lost == [None]
+    await s.finish()
