@@ -320,28 +320,22 @@ def _words(line: bytes) -> list[str]:
 # -- SMTP (RFC 5321, RFC 3207) ----------------------------------------------------
 
 
+def _coded(line: bytes) -> bool:
+    """Is ``line`` a numbered reply line (``250 text``, ``250-text``,
+    ``250``), as SMTP and FTP send?"""
+    return line[:3].isdigit() and line[3:4] in (b"-", b" ", b"\r", b"\n", b"")
+
+
 async def _smtp_reply(talk: _Talk) -> tuple[int, list[bytes]]:
     """A whole SMTP reply: ``(code, lines)``; ``250-a``, ``250-b``, ``250 c``."""
     lines: list[bytes] = []
     while len(lines) < _MAX_LINES:
         line = await talk.line()
-        head = line[:4]
-        if (
-            len(line.rstrip(b"\r\n")) < 3
-            or not head[:3].isdigit()
-            or head[3:]
-            not in (
-                b"-",
-                b" ",
-                b"\r",
-                b"\n",
-                b"",
-            )
-        ):
+        if not _coded(line):
             raise talk.fail("not an SMTP reply", line)
         lines.append(line)
-        if head[3:] != b"-":
-            return int(head[:3]), lines
+        if line[3:4] != b"-":
+            return int(line[:3]), lines
     raise talk.fail(f"a reply of more than {_MAX_LINES} lines")
 
 
@@ -741,20 +735,20 @@ async def pop3_serve_stls(
 async def _ftp_reply(talk: _Talk) -> tuple[int, list[bytes]]:
     """A whole FTP reply: ``220-first``, any lines, ``220 last``."""
     first = await talk.line()
-    head = first[:4]
-    if not head[:3].isdigit() or head[3:] not in (b"-", b" ", b"\r", b"\n", b""):
+    if not _coded(first):
         raise talk.fail("not an FTP reply", first)
+    code = first[:3]
     lines = [first]
-    if head[3:] == b"-":
-        end = head[:3] + b" "
+    if first[3:4] == b"-":
+        # Lines in between may be anything; the last starts with the code.
         while len(lines) < _MAX_LINES:
             line = await talk.line()
             lines.append(line)
-            if line.startswith(end) or line.rstrip(b"\r\n") == head[:3]:
+            if line.startswith(code) and line[3:4] != b"-" and _coded(line):
                 break
         else:
             raise talk.fail(f"a reply of more than {_MAX_LINES} lines")
-    return int(head[:3]), lines
+    return int(code), lines
 
 
 async def ftp_auth_tls(
