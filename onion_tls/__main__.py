@@ -154,6 +154,13 @@ def _add_client(sub: Any) -> None:
         metavar="TEXT",
         help="wait until TEXT has been received (fails after --timeout)",
     )
+    steps.add_argument(
+        "--starttls",
+        metavar="PROTO[,NAME]",
+        help="before the other steps, upgrade the plain-text connection as PROTO does "
+        "(smtp, imap, pop3, ftp, postgres), like 'openssl s_client -starttls': layer 1, "
+        "SNI and checked name NAME (default: HOST)",
+    )
     tls = client.add_argument_group("TLS options (for every layer)")
     tls.add_argument(
         "--cafile", metavar="FILE", help="trust these CAs (PEM) instead of the system's"
@@ -198,6 +205,12 @@ def _run_client(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         parser.error("--key needs --cert")
     if not args.timeout > 0:
         parser.error("--timeout must be positive")
+    if args.starttls is not None:
+        from .starttls import PROTOCOLS
+
+        proto = args.starttls.partition(",")[0].lower()
+        if proto not in PROTOCOLS:
+            parser.error(f"--starttls: unknown protocol {proto!r} (known: {', '.join(PROTOCOLS)})")
     opts = Options(
         cafile=args.cafile,
         insecure=args.insecure,
@@ -207,6 +220,7 @@ def _run_client(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         version=args.tls_version,
         timeout=args.timeout,
         crlf=args.crlf,
+        starttls=args.starttls,
     )
     try:
         return asyncio.run(run_client(host, port, args.steps, opts, use_stdin=not args.no_stdin))

@@ -14,6 +14,7 @@ Exit status: 0 when every step worked, 1 on a connection, handshake or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import sys
 import threading
@@ -24,6 +25,8 @@ from .errors import HandshakeError, LayerStateError, OnionError
 from .streams import StreamWriter, open_connection
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cryptography import x509
 
     from ._view import TLSLayer
@@ -57,6 +60,7 @@ class Options:
     version: str | None = None
     timeout: float = 30.0
     crlf: bool = False
+    starttls: str | None = None  # "PROTO[,NAME]": upgrade first (see starttls_first)
 
 
 class StepError(Exception):
@@ -392,6 +396,12 @@ async def run_client(
         return 1
     local = writer.get_extra_info("sockname")
     say(f"* connected (plaintext), local address {local[0]}:{local[1]}")
+    if opts.starttls and not await starttls_first(reader, writer, opts, host, say):
+        writer.close()
+        with contextlib.suppress(ConnectionError, OnionError):
+            await writer.wait_closed()
+        say("* closed")
+        return 1
     session = Session(reader, writer, opts, out)
     status = 0
     try:
@@ -421,6 +431,50 @@ async def run_client(
         status = 1
     say("* closed")
     return status
+
+
+async def starttls_first(
+    reader: asyncio.StreamReader,
+    writer: StreamWriter,
+    opts: Options,
+    host: str,
+    say: Callable[[str], None],
+) -> bool:
+    """``--starttls PROTO[,NAME]``: the protocol's plain-text upgrade, then
+    layer 1 (before the session reads anything).  False when it failed (said
+    why already)."""
+    from .starttls import StartTLSError, starttls
+
+    assert opts.starttls
+    proto, _, name = opts.starttls.partition(",")
+    name = name or host
+    depth = len(writer.layers) + 1
+    hostname: str | None = name
+    if opts.insecure and opts.engine == "pyopenssl":
+        hostname = None  # as do_push: a pyOpenSSL layer checks every name it is given
+    say(
+        f"* STARTTLS ({proto}): plain-text upgrade, then layer {depth}: TLS handshake "
+        f"with {name} (client, {opts.engine})"
+    )
+    try:
+        layer = await starttls(
+            proto,
+            reader,
+            writer,
+            make_context(opts, []),
+            server_hostname=hostname,
+            timeout=opts.timeout,
+            handshake_timeout=opts.timeout,
+        )
+    except StartTLSError as exc:
+        say(f"! {exc.reason}")
+        return False
+    except HandshakeError as exc:
+        say(f"! layer {depth}: handshake failed: {exc.reason}")
+        return False
+    for text in describe_layer(layer, opts, name):
+        say(text)
+    return True
 
 
 def parse_target(text: str) -> tuple[str, int]:

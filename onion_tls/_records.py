@@ -15,7 +15,7 @@ engine and let it fail with a proper alert.
 
 from __future__ import annotations
 
-__all__ = ["HEADER_SIZE", "MAX_RECORD_BODY", "RecordFramer", "check_header"]
+__all__ = ["HEADER_SIZE", "MAX_RECORD_BODY", "PREVIEW_SIZE", "RecordFramer", "check_header"]
 
 HEADER_SIZE = 5
 # RFC 5246 allows TLSCiphertext bodies of 2**14 + 2048 bytes; TLS 1.3 less.
@@ -23,18 +23,48 @@ MAX_RECORD_BODY = 2**14 + 2048
 # change_cipher_spec, alert, handshake, application_data, heartbeat
 _CONTENT_TYPES = frozenset((20, 21, 22, 23, 24))
 _EMPTY = memoryview(b"")
+#: How many first bytes of a stream that is not TLS an error shows.
+PREVIEW_SIZE = 32
+_HEX_SIZE = 16  # of which shown in hex, when they are not text
+# Printable ASCII, tab, CR, LF: what a plain-text reply is made of.
+_TEXT = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
 
 
 def check_header(header: bytes | bytearray | memoryview) -> str | None:
-    """Return why ``header`` (5 bytes) is not a TLS record header, or None."""
+    """Return why ``header`` is not a TLS record header, or None.
+
+    Only the first 5 bytes are judged.  The reason also shows the bytes
+    given (up to :data:`PREVIEW_SIZE` of them; pass more than 5 for a
+    clearer message): as text when they look like plain text (a ``500
+    Syntax error`` where the server's TLS was expected: the peer refused an
+    upgrade, or never spoke TLS), in hex otherwise.
+    """
     if header[0] not in _CONTENT_TYPES:
-        return f"not a TLS record (content type {header[0]})"
+        return f"not a TLS record (content type {header[0]})" + _preview(header)
     if header[1] != 3:
-        return f"not a TLS record (version byte {header[1]:#04x})"
+        return f"not a TLS record (version byte {header[1]:#04x})" + _preview(header)
     length = (header[3] << 8) | header[4]
     if length > MAX_RECORD_BODY:
         return f"TLS record too long ({length} bytes, at most {MAX_RECORD_BODY})"
     return None
+
+
+def _preview(data: bytes | bytearray | memoryview) -> str:
+    """The first bytes of a stream that is not TLS, for an error message."""
+    first = bytes(data[:PREVIEW_SIZE])
+    if all(b in _TEXT for b in first[:HEADER_SIZE]):
+        # A TLS header starts with a byte from 20 to 24, never printable:
+        # this is a plain-text reply.  Show the text up to the first byte
+        # that is not.
+        end = next((i for i, b in enumerate(first) if b not in _TEXT), len(first))
+        more = "..." if len(data) > end or end == PREVIEW_SIZE else ""
+        return (
+            f" but plain text: {first[:end]!r}{more} "
+            "(did the peer refuse the upgrade, or not speak TLS here?)"
+        )
+    first = first[:_HEX_SIZE]
+    more = "..." if len(data) > len(first) or len(first) == _HEX_SIZE else ""
+    return f", first bytes: {first.hex(' ')}{more}"
 
 
 class RecordFramer:
@@ -79,7 +109,7 @@ class RecordFramer:
                 self._partial += chunk[pos:]
                 self._chunk, self._pos = _EMPTY, 0
             return None
-        why = check_header(chunk[pos : pos + HEADER_SIZE])
+        why = check_header(chunk[pos : pos + PREVIEW_SIZE])
         if why is not None:
             self.error = why
             return None
@@ -101,7 +131,9 @@ class RecordFramer:
                 return None
         why = check_header(buf[:HEADER_SIZE])
         if why is not None:
-            self.error = why
+            # Show what is here: the split header and the chunk behind it.
+            seen = bytes(buf[:PREVIEW_SIZE]) + self._chunk[self._pos : self._pos + PREVIEW_SIZE]
+            self.error = check_header(seen)
             return None
         end = HEADER_SIZE + ((buf[3] << 8) | buf[4])
         if len(buf) < end:

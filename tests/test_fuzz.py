@@ -142,7 +142,9 @@ def test_framer_reports_a_bad_header(
     assume(reason is not None)
     got, rest, error = check_framer_stream(cut(b"".join(records) + garbage + after, points))
     assert got == records
-    assert error == reason
+    # The same reason; what follows it shows the bytes the framer had seen
+    # by then, which depends on the cut points.
+    assert error is not None and error.startswith(reason[: reason.index(")") + 1])
     assert rest == garbage + after
 
 
