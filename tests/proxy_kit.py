@@ -76,7 +76,7 @@ class _Conns:
         self.writers.clear()
 
 
-async def _server_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext) -> None:
+async def _server_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext) -> bool:
     """Be the TLS server on an accepted connection (asyncio's TLS): what
     ``StreamWriter.start_tls`` does, plus one check.
 
@@ -85,22 +85,29 @@ async def _server_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext) -> 
     as a failure, and several tests make the client give up on purpose.
     Not ``StreamWriter.start_tls`` itself: when the peer leaves during the
     handshake, ``loop.start_tls`` returns ``None`` (Python 3.11-3.13) and the
-    writer would be left with no transport; here that is a
-    ``ConnectionResetError`` and the writer keeps its closed transport.
+    writer would be left with no transport.
+
+    Returns False when the handshake failed: the socket is closed then, and
+    its protocol is asyncio's TLS one, so the writer must not wait for a
+    close it will never be told of.
     """
     loop = asyncio.get_running_loop()
     transport = writer.transport
     protocol = transport.get_protocol()
     assert isinstance(protocol, asyncio.StreamReaderProtocol)
-    await writer.drain()
-    new = await loop.start_tls(
-        transport, protocol, context, server_side=True, ssl_handshake_timeout=10
-    )
+    try:
+        new = await loop.start_tls(
+            transport, protocol, context, server_side=True, ssl_handshake_timeout=10
+        )
+    except (OSError, ssl.SSLError, asyncio.TimeoutError):
+        return False
     if new is None:
-        raise ConnectionResetError("the client left during the TLS handshake")
+        transport.abort()
+        return False
     # The two private steps of StreamWriter.start_tls (asyncio/streams.py).
     writer._transport = new  # type: ignore[attr-defined]
     protocol._replace_writer(writer)  # type: ignore[attr-defined]
+    return True
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
@@ -179,9 +186,9 @@ class ConnectProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._conns.track(writer)
+        if self.tls is not None and not await _server_tls(writer, self.tls):
+            return
         try:
-            if self.tls is not None:
-                await _server_tls(writer, self.tls)
             await self._serve(reader, writer)
         except (
             OSError,
@@ -285,9 +292,9 @@ async def echo_origin(
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conns.track(writer)
+        if tls is not None and not await _server_tls(writer, tls):
+            return
         try:
-            if tls is not None:
-                await _server_tls(writer, tls)
             if banner:
                 writer.write(banner)
             while line := await reader.readline():

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
+import importlib.util
 import io
 import re
 import ssl
@@ -556,4 +558,161 @@ async def test_cancelling_mid_chain_aborts_the_connection(onion_ca: OnionCA) -> 
 
 
 # -- against the proxy.py package ---------------------------------------------------
+
+#
+# proxy.py (PyPI ``proxy.py``) runs in its own processes; A and B serve TLS
+# (``--cert-file/--key-file``: TLS with the proxy itself, not interception),
+# B asks for Basic authentication, C is plain.
+
+
+
+def _proxy_py_version() -> str | None:
+    try:
+        version = importlib.metadata.version("proxy.py")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return version if importlib.util.find_spec("proxy") is not None else None
+
+
+PROXY_PY = _proxy_py_version()
+needs_proxy_py = pytest.mark.skipif(
+    not PROXY_PY, reason="the proxy.py package (pip install proxy.py) is not installed"
+)
+B_USER, B_PASSWORD = "bob", "p@ss wörd:1"
+B_USERINFO = "bob:p%40ss%20w%C3%B6rd%3A1"
+
+
+class ProxyPyServers:
+    def __init__(self, root: Path, ca: OnionCA) -> None:
+        self.servers: list[ProxyPy] = []
+        try:
+            self.a = self._start(ProxyPy(root / "a", leaf=ca.server_cert(1)))
+            self.b = self._start(
+                ProxyPy(root / "b", leaf=ca.server_cert(2), basic_auth=f"{B_USER}:{B_PASSWORD}")
+            )
+            self.c = self._start(ProxyPy(root / "c"))
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, server: ProxyPy) -> ProxyPy:
+        self.servers.append(server)
+        return server
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy_py(onion_ca: OnionCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyPyServers]:
+    if not PROXY_PY:
+        pytest.skip("the proxy.py package (pip install proxy.py) is not installed")
+    servers = ProxyPyServers(tmp_path_factory.mktemp("proxy_py"), onion_ca)
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+ENGINE_MIXES = {
+    "pyopenssl": ("pyopenssl", "pyopenssl", "pyopenssl"),
+    "stdlib": ("stdlib", "stdlib", "stdlib"),
+    "mixed": ("pyopenssl", "stdlib", "pyopenssl"),
+}
+
+
+@needs_proxy_py
+@pytest.mark.parametrize("mix", list(ENGINE_MIXES))
+async def test_proxy_py_two_https_proxies_then_the_origin_at_depth_3(
+    onion_ca: OnionCA, proxy_py: ProxyPyServers, mix: str
+) -> None:
+    e1, e2, e3 = ENGINE_MIXES[mix]
+    async with tls_origin(onion_ca, 3) as origin:
+        reader, writer = await open_connection(
+            "127.0.0.1",
+            origin,
+            proxies=[
+                hop(proxy_py.a.url(tls=True), 1, onion_ca, e1),
+                hop(proxy_py.b.url(B_USERINFO, tls=True), 2, onion_ca, e2),
+            ],
+            ssl=onion_ca.client_context(e3),
+            server_hostname=name(3),
+            hop_timeout=10,
+        )
+        try:
+            layers = writer.layers
+            assert [(la.depth, la.engine) for la in layers] == [(1, e1), (2, e2), (3, e3)]
+            assert [la.server_hostname for la in layers] == [name(1), name(2), name(3)]
+            for la in layers:
+                assert la.peer_certificate is not None
+            for i in range(3):
+                await roundtrip(reader, writer, f"inside three layers, line {i}".encode())
+        finally:
+            await close(writer)
+
+
+@needs_proxy_py
+async def test_proxy_py_plain_then_https_proxy(onion_ca: OnionCA, proxy_py: ProxyPyServers) -> None:
+    async with tls_origin(onion_ca, 2) as origin:
+        reader, writer = await open_connection(
+            "127.0.0.1",
+            origin,
+            proxies=[
+                proxy_py.c.url(tls=False),
+                hop(proxy_py.a.url(tls=True), 1, onion_ca, "stdlib"),
+            ],
+            ssl=onion_ca.client_context("pyopenssl"),
+            server_hostname=name(2),
+            hop_timeout=10,
+        )
+        try:
+            assert [la.server_hostname for la in writer.layers] == [name(1), name(2)]
+            await roundtrip(reader, writer, b"plain, then TLS, then TLS")
+        finally:
+            await close(writer)
+
+
+@needs_proxy_py
+@pytest.mark.parametrize("userinfo", ["", "bob:wrong"])
+async def test_proxy_py_407_names_hop_2(
+    onion_ca: OnionCA, proxy_py: ProxyPyServers, userinfo: str
+) -> None:
+    with pytest.raises(ProxyAuthenticationError) as info:
+        await open_connection(
+            "127.0.0.1",
+            9,
+            proxies=[
+                hop(proxy_py.a.url(tls=True), 1, onion_ca),
+                hop(proxy_py.b.url(userinfo, tls=True), 2, onion_ca),
+            ],
+            hop_timeout=10,
+        )
+    e = info.value
+    assert (e.hop, e.depth, e.status) == (2, 2, 407)
+    assert str(e).startswith(f"proxy hop 2 of 2 (https://127.0.0.1:{proxy_py.b.port}, depth 2): ")
+    if userinfo:
+        assert e.reason.startswith("the proxy refused the credentials (407 ")
+        assert "wrong" not in str(e)
+    else:
+        assert e.reason.startswith("the proxy requires authentication (407 ")
+        assert "it asks for: Basic" in e.reason
+
+
+@needs_proxy_py
+async def test_proxy_py_502_for_an_unreachable_origin(
+    onion_ca: OnionCA, proxy_py: ProxyPyServers
+) -> None:
+    async with closed_port() as nowhere:
+        with pytest.raises(ProxyError) as info:
+            await open_connection(
+                "127.0.0.1",
+                nowhere,
+                proxies=[hop(proxy_py.a.url(tls=True), 1, onion_ca), proxy_py.c.url(tls=False)],
+                hop_timeout=10,
+            )
+    # C is reached through A; A's TLS is layer 1; C's CONNECT fails.
+    e = info.value
+    assert (e.hop, e.depth, e.status) == (2, 1, 502)
+    assert f"(the proxy could not reach 127.0.0.1:{nowhere})" in e.reason
 
