@@ -372,6 +372,8 @@ async def open_connection(
             **kwds,
         )
 
+    # What each hop is asked to CONNECT to: the next proxy, then the origin.
+    targets = [h.address for h in hops[1:]] + [_authority(host, port)]
     loop = asyncio.get_running_loop()
     first = hops[0]
     timeout = first.timeout if first.timeout is not None else hop_timeout
@@ -397,14 +399,10 @@ async def open_connection(
             if index > 1:
                 timeout = hop.timeout if hop.timeout is not None else hop_timeout
                 deadline = loop.time() + timeout if timeout is not None else None
-            if index < len(hops):
-                target = hops[index].address
-            else:
-                target = _authority(host, port)
             step = _Hop(reader, writer, index, len(hops), hop, deadline, timeout)
             if hop.scheme == "https":
                 await step.start_tls()
-            await step.connect(target)
+            await step.connect(targets[index - 1])
         if origin_ctx:
             await writer.start_tls(
                 origin_ctx,

@@ -99,7 +99,7 @@ async def _server_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext) -> 
         new = await loop.start_tls(
             transport, protocol, context, server_side=True, ssl_handshake_timeout=10
         )
-    except (OSError, ssl.SSLError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, ssl.SSLError):
         return False
     if new is None:
         transport.abort()
@@ -191,9 +191,9 @@ class ConnectProxy:
         try:
             await self._serve(reader, writer)
         except (
+            TimeoutError,
             OSError,
             ssl.SSLError,
-            asyncio.TimeoutError,
             asyncio.IncompleteReadError,
             asyncio.LimitOverrunError,
         ):
@@ -300,7 +300,7 @@ async def echo_origin(
             while line := await reader.readline():
                 writer.write(b"echo: " + line)
                 await writer.drain()
-        except (OSError, ssl.SSLError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, ssl.SSLError):
             pass
         finally:
             await _close(writer)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from onion_tls import HandshakeError, OnionError, StreamWriter
 from onion_tls._cli_client import Options, Step, run_client
@@ -327,7 +328,7 @@ FAILURES: dict[str, tuple[dict[str, Any], type[ProxyError], int | None, str]] = 
         {"auth": ("u", "right")},
         ProxyAuthenticationError,
         407,
-        'the proxy requires authentication (407 Proxy Authentication Required; it asks for: '
+        "the proxy requires authentication (407 Proxy Authentication Required; it asks for: "
         'Basic realm="kit"); give user:password@ in the proxy URL',
     ),
     "502": (
@@ -565,7 +566,6 @@ async def test_cancelling_mid_chain_aborts_the_connection(onion_ca: OnionCA) -> 
 # B asks for Basic authentication, C is plain.
 
 
-
 def _proxy_py_version() -> str | None:
     try:
         version = importlib.metadata.version("proxy.py")
@@ -605,7 +605,9 @@ class ProxyPyServers:
 
 
 @pytest.fixture(scope="module")
-def proxy_py(onion_ca: OnionCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyPyServers]:
+def proxy_py(
+    onion_ca: OnionCA, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProxyPyServers]:
     if not PROXY_PY:
         pytest.skip("the proxy.py package (pip install proxy.py) is not installed")
     servers = ProxyPyServers(tmp_path_factory.mktemp("proxy_py"), onion_ca)
@@ -716,3 +718,151 @@ async def test_proxy_py_502_for_an_unreachable_origin(
     assert (e.hop, e.depth, e.status) == (2, 1, 502)
     assert f"(the proxy could not reach 127.0.0.1:{nowhere})" in e.reason
 
+
+# -- the command line: client --proxy URL ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ip_cert(onion_ca: OnionCA) -> trustme.LeafCert:
+    """A proxy certificate for 127.0.0.1, the name a --proxy URL gives."""
+    return onion_ca.ca.issue_cert("127.0.0.1")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_cli_client_through_two_proxies(
+    onion_ca: OnionCA, ip_cert: trustme.LeafCert, tmp_path: Path, engine: Engine
+) -> None:
+    cafile = str(tmp_path / "ca.pem")
+    onion_ca.write_ca_pem(cafile)
+    async with (
+        ConnectProxy(tls=server_context(ip_cert)) as p1,
+        ConnectProxy(auth=("me", "s3cret")) as p2,
+        tls_origin(onion_ca, 2) as origin,
+    ):
+        out = io.StringIO()
+        steps = [Step("push", name(2)), Step("send", "hi"), Step("expect", "echo: hi")]
+        status = await run_client(
+            "127.0.0.1",
+            origin,
+            steps,
+            Options(cafile=cafile, engine=engine, timeout=10),
+            use_stdin=False,
+            out=out,
+            proxies=[p1.url(), p2.url("me:s3cret")],
+        )
+    text = out.getvalue()
+    assert status == 0, text
+    lines = text.splitlines()
+    assert lines[0] == (
+        f"* connecting to 127.0.0.1:{origin} through 2 proxy hop(s): "
+        f"https://127.0.0.1:{p1.port} -> http://127.0.0.1:{p2.port}"
+    )
+    assert f"* hop 1: TLS with the proxy 127.0.0.1:{p1.port}, layer 1" in lines
+    assert f"*   verification: ok (chain to --cafile {cafile}, name 127.0.0.1)" in lines
+    assert f"* hop 1: tunnel to 127.0.0.1:{p2.port} open" in lines
+    assert f"* hop 2: the proxy 127.0.0.1:{p2.port}, CONNECT in the clear" in lines
+    assert f"* hop 2: tunnel to 127.0.0.1:{origin} open" in lines
+    assert any(
+        line.startswith(f"* connected to 127.0.0.1:{origin} (inside 1 layer(s))") for line in lines
+    )
+    assert f"* layer 2: TLS handshake with {name(2)} (client, {engine})" in lines
+    assert "< echo: hi" in lines
+    assert "* closing: close_notify on 2 layer(s), then the socket" in lines
+    assert p2.seen[0].credentials == ("me", "s3cret")
+
+
+async def test_cli_client_says_which_hop_failed(
+    onion_ca: OnionCA, ip_cert: trustme.LeafCert
+) -> None:
+    async with (
+        ConnectProxy(tls=server_context(ip_cert)) as p1,
+        ConnectProxy(auth=("me", "s3cret")) as p2,
+    ):
+        out = io.StringIO()
+        status = await run_client(
+            "127.0.0.1",
+            9,
+            [Step("push", name(2))],
+            Options(insecure=True, engine="pyopenssl", timeout=10),
+            use_stdin=False,
+            out=out,
+            proxies=[p1.url(), p2.url()],
+        )
+    text = out.getvalue()
+    assert status == 1
+    assert (
+        f"! proxy hop 2 of 2 (http://127.0.0.1:{p2.port}, depth 1): the proxy requires "
+        "authentication (407 Proxy Authentication Required"
+    ) in text
+    assert "TLS handshake with" not in text  # no step ran
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    """``python -m onion_tls ...`` in a subprocess, without blocking the
+    loop the test's servers run in."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-W",
+        "error",
+        "-m",
+        "onion_tls",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_proxy_flag_through_two_https_proxies_depth_3(
+    onion_ca: OnionCA, ip_cert: trustme.LeafCert, tmp_path: Path
+) -> None:
+    cafile = str(tmp_path / "ca.pem")
+    onion_ca.write_ca_pem(cafile)
+    async with (
+        ConnectProxy(tls=server_context(ip_cert)) as p1,
+        ConnectProxy(tls=server_context(ip_cert), auth=("me", "p@ss")) as p2,
+        tls_origin(onion_ca, 3) as origin,
+    ):
+        status, out, err = await run_cli(
+            "client",
+            "--proxy",
+            p1.url(),
+            "--proxy",
+            p2.url("me:p%40ss"),
+            f"127.0.0.1:{origin}",
+            "--cafile",
+            cafile,
+            "--tls",
+            name(3),
+            "--send",
+            "deep",
+            "--expect",
+            "echo: deep",
+            "--no-stdin",
+        )
+    assert status == 0, out + err
+    assert err == ""
+    assert f"* hop 2: TLS with the proxy 127.0.0.1:{p2.port}, layer 2" in out
+    assert f"* connected to 127.0.0.1:{origin} (inside 2 layer(s))" in out
+    assert f"* layer 3: TLS handshake with {name(3)} (client, stdlib)" in out
+    assert "< echo: deep" in out
+    assert "* closing: close_notify on 3 layer(s), then the socket" in out
+    assert p2.seen[0].credentials == ("me", "p@ss")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("socks5://127.0.0.1:1080", "--proxy: bad proxy URL 'socks5://127.0.0.1:1080'"),
+        ("http://u:secret@127.0.0.1:x", "--proxy: bad proxy URL 'http://u:***@127.0.0.1:x'"),
+    ],
+)
+async def test_cli_proxy_usage_errors(url: str, message: str) -> None:
+    status, _out, err = await run_cli("client", "--proxy", url, "127.0.0.1:1", "--no-stdin")
+    assert status == 2
+    assert message in err
+    assert "secret" not in err
