@@ -339,7 +339,8 @@ async def open_connection(
       hop_timeout: seconds per hop (the TCP connect for hop 1, the TLS
         handshake with the proxy, the CONNECT reply), unless the hop's
         :attr:`Proxy.timeout` says otherwise; ``None`` for no limit.
-      limit: the reader's buffer limit.
+      limit: the reader's buffer limit; it bounds each line of a proxy's
+        reply too.
       **kwds: passed to ``loop.create_connection`` for the first hop
         (``local_addr``, ``family``, ...).
 
@@ -399,7 +400,7 @@ async def open_connection(
             if index > 1:
                 timeout = hop.timeout if hop.timeout is not None else hop_timeout
                 deadline = loop.time() + timeout if timeout is not None else None
-            step = _Hop(reader, writer, index, len(hops), hop, deadline, timeout)
+            step = _Hop(reader, writer, index, len(hops), hop, deadline, timeout, limit)
             if hop.scheme == "https":
                 await step.start_tls()
             await step.connect(targets[index - 1])
@@ -430,8 +431,10 @@ class _Hop:
         proxy: Proxy,
         deadline: float | None,
         timeout: float | None,
+        limit: int,
     ) -> None:
         self.reader = reader
+        self.limit = limit
         self.writer = writer
         self.index = index
         self.hops = hops
@@ -587,7 +590,13 @@ class _Hop:
         try:
             line = await self.reader.readuntil(b"\n")
         except asyncio.LimitOverrunError:
-            raise self._too_long() from None
+            # One line passed the reader's limit (the whole head may be shorter).
+            if self.limit >= MAX_REPLY_HEAD:
+                raise self._too_long() from None
+            raise self.error(
+                f"a line of the proxy's reply is longer than the reader's limit ({self.limit} "
+                "bytes)"
+            ) from None
         except asyncio.IncompleteReadError as exc:
             if total == 0 and exc.partial and _STATUS_LINE.match(exc.partial) is None:
                 # Not even the start of a status line: say what it was.

@@ -162,6 +162,9 @@ class ConnectProxy:
         self.dribble = dribble
         self.coalesce = coalesce
         self.seen: list[Seen] = []
+        #: client connections that have ended
+        self.ended = 0
+        self._ended = asyncio.Event()
         self.port = 0
         self._server: asyncio.Server | None = None
         self._conns = _Conns()
@@ -186,8 +189,23 @@ class ConnectProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._conns.track(writer)
-        if self.tls is not None and not await _server_tls(writer, self.tls):
-            return
+        try:
+            if self.tls is not None and not await _server_tls(writer, self.tls):
+                return
+            await self._serve_and_close(reader, writer)
+        finally:
+            self.ended += 1
+            self._ended.set()
+
+    async def wait_ended(self, count: int) -> None:
+        """Wait until ``count`` client connections have ended."""
+        while self.ended < count:
+            self._ended.clear()
+            await asyncio.wait_for(self._ended.wait(), 10)
+
+    async def _serve_and_close(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             await self._serve(reader, writer)
         except (
@@ -225,7 +243,13 @@ class ConnectProxy:
         if self.mode == "close":
             return
         if self.mode == "stall":
-            await self._stop.wait()
+            # Never answer; notice the client leaving (or the kit closing).
+            left = asyncio.ensure_future(reader.read())
+            stop = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait([left, stop], return_when=asyncio.FIRST_COMPLETED)
+            for t in (left, stop):
+                t.cancel()
+            await asyncio.wait([left, stop])
             return
         if self.reply is not None and not self.tunnel:
             await self._send_reply(writer, self.reply + self.after_reply)

@@ -425,6 +425,18 @@ async def test_failures_name_the_hop_and_the_reason(
     assert str(e).startswith(prefix + ("depth 1): " if depth else "plaintext): "))
 
 
+async def test_a_reply_line_longer_than_a_small_reader_limit() -> None:
+    async with (
+        ConnectProxy(reply=b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 2000 + b"\r\n\r\n") as p1,
+        echo_origin() as origin,
+    ):
+        with pytest.raises(ProxyError) as info:
+            await open_connection("127.0.0.1", origin, proxies=[p1.url()], limit=1024)
+    assert info.value.reason == (
+        "a line of the proxy's reply is longer than the reader's limit (1024 bytes)"
+    )
+
+
 async def test_407_with_wrong_credentials_says_they_were_refused() -> None:
     async with ConnectProxy(auth=("u", "right")) as p1, echo_origin() as origin:
         with pytest.raises(ProxyAuthenticationError) as info:
@@ -556,6 +568,10 @@ async def test_cancelling_mid_chain_aborts_the_connection(onion_ca: OnionCA) -> 
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        # The abort travels: proxy 1 drops its tunnel, proxy 2 sees its
+        # client leave.
+        await p2.wait_ended(1)
+        await p1.wait_ended(1)
 
 
 # -- against the proxy.py package ---------------------------------------------------
