@@ -114,7 +114,8 @@ def _add_client(sub: Any) -> None:
         help="connect and push/pop TLS layers (a nested openssl s_client)",
         formatter_class=_Formatter,
         description=_text(
-            "Connect to HOST:PORT in plaintext, then push and pop TLS layers, printing "
+            "Connect to HOST:PORT in plaintext (or through --proxy HTTP CONNECT proxies, "
+            "each https:// one a TLS layer of its own), then push and pop TLS layers, printing "
             "each layer's handshake (version, cipher, ALPN, certificate, verification) "
             "like a nested 'openssl s_client'. Lines starting with '*' are progress, "
             "'!' errors, '<' data received, '>' data sent.",
@@ -130,9 +131,21 @@ def _add_client(sub: Any) -> None:
         "      --tls layer1.onion.test --tls layer2.onion.test --send hello \\\n"
         "      --expect 'echo at depth 2' --pop --no-stdin\n"
         "  # one layer to a web server, then type: send GET / HTTP/1.0 ...\n"
-        "  python -m onion_tls client example.org:443 --tls example.org,http/1.1 --crlf",
+        "  python -m onion_tls client example.org:443 --tls example.org,http/1.1 --crlf\n"
+        "  # through an HTTPS proxy inside an HTTPS proxy: the web server's TLS is layer 3\n"
+        "  python -m onion_tls client example.org:443 --proxy https://proxy1.example:3128 \\\n"
+        "      --proxy https://user:pass@proxy2.example:3129 --tls example.org,http/1.1 --crlf",
     )
     client.add_argument("target", metavar="HOST:PORT", help="where to connect")
+    client.add_argument(
+        "--proxy",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="go through this HTTP CONNECT proxy: http://[USER:PASS@]HOST:PORT, or "
+        "https://... for TLS with the proxy (a layer of its own, checked with the TLS "
+        "options below); repeat for a chain, first hop first",
+    )
     steps = client.add_argument_group("steps (run in the order given)")
     steps.add_argument(
         "--tls",
@@ -211,6 +224,13 @@ def _run_client(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         proto = args.starttls.partition(",")[0].lower()
         if proto not in PROTOCOLS:
             parser.error(f"--starttls: unknown protocol {proto!r} (known: {', '.join(PROTOCOLS)})")
+    from .proxy import Proxy
+
+    for url in args.proxy:
+        try:
+            Proxy.from_url(url)
+        except ValueError as exc:
+            parser.error(f"--proxy: {exc}")
     opts = Options(
         cafile=args.cafile,
         insecure=args.insecure,
@@ -223,7 +243,11 @@ def _run_client(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         starttls=args.starttls,
     )
     try:
-        return asyncio.run(run_client(host, port, args.steps, opts, use_stdin=not args.no_stdin))
+        return asyncio.run(
+            run_client(
+                host, port, args.steps, opts, use_stdin=not args.no_stdin, proxies=args.proxy
+            )
+        )
     except KeyboardInterrupt:
         return 130
 

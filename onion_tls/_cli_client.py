@@ -1,6 +1,7 @@
 """``python -m onion_tls client HOST:PORT``: a nested ``openssl s_client``.
 
-Connects in plaintext, then runs steps: from the command line first
+Connects in plaintext (or through ``--proxy`` HTTP CONNECT proxies, see
+:mod:`onion_tls.proxy`), then runs steps: from the command line first
 (``--tls``, ``--pop``, ``--send``, ``--expect``, in the order given), then
 from standard input, one command per line.  Each layer's handshake is
 printed like ``s_client`` does for its one layer; received data is printed
@@ -18,9 +19,11 @@ import contextlib
 import ssl
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
+from . import proxy
 from .errors import HandshakeError, LayerStateError, OnionError
 from .streams import StreamWriter, open_connection
 
@@ -384,18 +387,25 @@ async def run_client(
     *,
     use_stdin: bool = True,
     out: TextIO = sys.stdout,
+    proxies: Sequence[str] = (),
 ) -> int:
     def say(text: str) -> None:
         print(text, file=out, flush=True)
 
-    say(f"* connecting to {host}:{port}")
-    try:
-        reader, writer = await asyncio.wait_for(open_connection(host, port), opts.timeout)
-    except (OSError, TimeoutError) as exc:
-        say(f"! cannot connect to {host}:{port}: {exc or 'timed out'}")
-        return 1
-    local = writer.get_extra_info("sockname")
-    say(f"* connected (plaintext), local address {local[0]}:{local[1]}")
+    if proxies:
+        connected = await _connect_through(host, port, proxies, opts, say)
+        if connected is None:
+            return 1
+        reader, writer = connected
+    else:
+        say(f"* connecting to {host}:{port}")
+        try:
+            reader, writer = await asyncio.wait_for(open_connection(host, port), opts.timeout)
+        except (OSError, TimeoutError) as exc:
+            say(f"! cannot connect to {host}:{port}: {exc or 'timed out'}")
+            return 1
+        local = writer.get_extra_info("sockname")
+        say(f"* connected (plaintext), local address {local[0]}:{local[1]}")
     if opts.starttls and not await starttls_first(reader, writer, opts, host, say):
         writer.close()
         with contextlib.suppress(ConnectionError, OnionError):
@@ -475,6 +485,64 @@ async def starttls_first(
     for text in describe_layer(layer, opts, name):
         say(text)
     return True
+
+
+def proxy_hops(urls: Sequence[str], opts: Options) -> list[proxy.Proxy]:
+    """``--proxy`` URLs -> hops; ``https://`` ones use the TLS options of
+    every layer (``--cafile``, ``--insecure``, ``--engine``, ``--cert``...).
+
+    Raises:
+        ValueError: a URL that is not ``http://`` or ``https://`` host:port.
+    """
+    hops = []
+    for url in urls:
+        hop = proxy.Proxy.from_url(url, timeout=opts.timeout)
+        if hop.scheme == "https":
+            # As for 'push': with --insecure, a pyOpenSSL layer is given no
+            # name to check ("" = no SNI, no name check).
+            name = "" if opts.insecure and opts.engine == "pyopenssl" else None
+            hop = proxy.Proxy.from_url(
+                url, ssl=make_context(opts, []), server_hostname=name, timeout=opts.timeout
+            )
+        hops.append(hop)
+    return hops
+
+
+async def _connect_through(
+    host: str,
+    port: int,
+    urls: Sequence[str],
+    opts: Options,
+    say: Callable[[str], None],
+) -> tuple[asyncio.StreamReader, StreamWriter] | None:
+    """Open the connection through the ``--proxy`` chain and describe each
+    hop; None (after saying why) when a hop failed."""
+    hops = proxy_hops(urls, opts)
+    chain = " -> ".join(h.url for h in hops)
+    say(f"* connecting to {host}:{port} through {len(hops)} proxy hop(s): {chain}")
+    try:
+        reader, writer = await proxy.open_connection(
+            host, port, proxies=hops, hop_timeout=opts.timeout
+        )
+    except OnionError as exc:
+        say(f"! {exc}")
+        return None
+    layers = iter(writer.layers)
+    for index, hop in enumerate(hops, 1):
+        target = hops[index].address if index < len(hops) else f"{host}:{port}"
+        if hop.scheme == "https":
+            layer = next(layers)
+            say(f"* hop {index}: TLS with the proxy {hop.address}, layer {layer.depth}")
+            for text in describe_layer(layer, opts, hop.host):
+                say(text)
+        else:
+            say(f"* hop {index}: the proxy {hop.address}, CONNECT in the clear")
+        say(f"* hop {index}: tunnel to {target} open")
+    local = writer.get_extra_info("sockname")
+    depth = len(writer.layers)
+    inside = f"inside {depth} layer(s)" if depth else "plaintext"
+    say(f"* connected to {host}:{port} ({inside}), local address {local[0]}:{local[1]}")
+    return reader, writer
 
 
 def parse_target(text: str) -> tuple[str, int]:
