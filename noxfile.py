@@ -1,4 +1,4 @@
-"""Development sessions: tests, lint, typecheck, demo, bench."""
+"""Development sessions: tests, lint, typecheck, docs, demo, bench."""
 
 from pathlib import Path
 
@@ -20,7 +20,9 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     paths = [
-        p for p in ("onion_tls", "tests", "examples", "stress", "noxfile.py") if Path(p).exists()
+        p
+        for p in ("onion_tls", "tests", "examples", "stress", "docs", "noxfile.py")
+        if Path(p).exists()
     ]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
@@ -30,6 +32,18 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[test]", "mypy")
     session.run("mypy", "onion_tls")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site, warnings as errors, into docs/_build/html;
+    then the ``>>>`` examples of the pages and docstrings (doctest).  The
+    pages' other code runs in the test suite (tests/test_docs_examples.py)."""
+    session.install("-e", ".[docs]")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+    session.run(
+        "sphinx-build", "-W", "--keep-going", "-b", "doctest", "docs", "docs/_build/doctest"
+    )
 
 
 @nox.session

@@ -1,4 +1,4 @@
-"""Tools for testing code that stacks TLS layers, built on trustme.
+r"""Tools for testing code that stacks TLS layers, built on trustme.
 
 * :class:`OnionCA` - one CA that issues a distinct server (and client)
   identity per depth and hands out ready contexts for either engine.
