@@ -403,8 +403,9 @@ class StreamWriter:
 
     def start_tls(
         self,
-        context: Any,
+        context: Any = None,
         *,
+        sslcontext: Any = None,
         server_side: bool | None = None,
         server_hostname: str | None = None,
         initial_bytes: bytes | bytearray | memoryview | None = None,
@@ -422,7 +423,7 @@ class StreamWriter:
 
         Args:
           context: an ``ssl.SSLContext`` or an ``OpenSSL.SSL.Context``; it
-            chooses the engine.
+            chooses the engine.  ``sslcontext=`` (asyncio's name) works too.
           server_side: be the TLS server of this layer.  By default, the
             side that accepted the connection (:func:`start_server`) is the
             server, as with asyncio's ``StreamWriter.start_tls``.
@@ -449,6 +450,10 @@ class StreamWriter:
             :meth:`take_buffered`), a stop is pending, or the connection is
             closing.
         """
+        if (context is None) == (sslcontext is None):
+            raise TypeError("start_tls() takes one context (context or sslcontext)")
+        if context is None:
+            context = sslcontext
         pending = _buffered_size(self._reader)
         if pending:
             raise LayerStateError(
