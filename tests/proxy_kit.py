@@ -16,7 +16,9 @@ proxy, origins, and a runner for the real ``proxy.py`` package.
   subprocess of its own, plain or serving TLS, with ``--basic-auth``.
 
 Every server is an async context manager that closes every connection it
-made when it exits, so tests leave no transport or task behind.
+made when it exits, so tests leave no transport or task behind.  The servers
+are written on asyncio's public protocol API (:class:`_Conn`), with no stream
+internals, so they behave the same on every Python the suite runs on.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import trustme
 
@@ -51,72 +53,263 @@ class Seen:
     credentials: tuple[str, str] | None
 
 
+class _Conn(asyncio.Protocol):
+    """One connection of the kit's servers, on asyncio's public protocol API
+    only (``loop.create_server``/``create_connection``/``start_tls``, no
+    stream internals): a read buffer with the ``StreamReader`` calls the kit
+    uses, flow-controlled writes, and server-side TLS by ``loop.start_tls``
+    (asyncio's TLS).
+
+    Not ``asyncio.start_server`` with ``StreamWriter.start_tls``: when the
+    peer leaves during the handshake ``loop.start_tls`` returns ``None``
+    (Python 3.11-3.13) and the writer would be left with no transport, and
+    replacing the transport by hand needs private stream internals, which
+    changed in Python 3.13 (``StreamReaderProtocol._replace_writer`` became
+    ``_replace_transport``).  Not ``start_server(ssl=...)`` either: in debug
+    mode asyncio reports every failed accept handshake to the loop's
+    exception handler, which the suite treats as a failure, and several
+    tests make the client give up on purpose.
+    """
+
+    #: the longest head ``readuntil`` looks through (as StreamReader's limit)
+    LIMIT = 2**16
+
+    def __init__(self, handler: Callable[[_Conn], Coroutine[Any, Any, None]] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._handler = handler
+        self.task: asyncio.Task[None] | None = None
+        self.transport: asyncio.Transport | None = None
+        self.tls = False
+        self._buffer = bytearray()
+        self._eof = False
+        self._error: BaseException | None = None
+        self._data_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self._handler is not None:
+            self.task = self._loop.create_task(self._handler(self))
+            self.task.add_done_callback(self._handler_done)
+
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        # A handler that fails reaches the loop's exception handler (so the
+        # test fails), as with asyncio.start_server's callback (3.12+).
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.abort()
+            self._loop.call_exception_handler(
+                {"message": "proxy_kit: unhandled exception in a handler", "exception": exc}
+            )
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        # Plain TCP: keep the write side open (half-close), as asyncio's
+        # streams do; over TLS asyncio ignores the answer.
+        return not self.tls
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._error = exc
+        self._wake()
+        self._gone()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._release_drains()
+
+    # -- internals
+    def _wake(self) -> None:
+        if self._data_waiter is not None and not self._data_waiter.done():
+            self._data_waiter.set_result(None)
+
+    def _release_drains(self) -> None:
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _gone(self) -> None:
+        self._eof = True
+        self._release_drains()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    async def _wait_data(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._eof:
+            return
+        self._data_waiter = self._loop.create_future()
+        try:
+            await self._data_waiter
+        finally:
+            self._data_waiter = None
+        if self._error is not None:
+            raise self._error
+
+    def _take(self, n: int) -> bytes:
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+    # -- TLS
+    async def start_tls(self, context: ssl.SSLContext) -> bool:
+        """Be the TLS server on this connection.  Returns False when the
+        handshake failed: the socket is closed then, and this protocol is
+        never told so (asyncio's TLS protocol keeps ``connection_lost`` to
+        itself during the handshake), so it marks itself closed."""
+        assert self.transport is not None
+        try:
+            new = await self._loop.start_tls(
+                self.transport, self, context, server_side=True, ssl_handshake_timeout=10
+            )
+        except (TimeoutError, OSError, ssl.SSLError):
+            self._gone()
+            return False
+        if new is None:  # the peer left during the handshake
+            self.transport.abort()
+            self._gone()
+            return False
+        self.transport = new
+        self.tls = True
+        return True
+
+    # -- reading (StreamReader's semantics)
+    async def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            while not self._eof:
+                await self._wait_data()
+            return self._take(len(self._buffer))
+        while not self._buffer and not self._eof:
+            await self._wait_data()
+        if self._error is not None:
+            raise self._error
+        return self._take(n)
+
+    async def readexactly(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            if self._eof:
+                raise asyncio.IncompleteReadError(self._take(len(self._buffer)), n)
+            await self._wait_data()
+        return self._take(n)
+
+    async def readuntil(self, separator: bytes) -> bytes:
+        while True:
+            at = self._buffer.find(separator)
+            if at >= 0:
+                return self._take(at + len(separator))
+            if len(self._buffer) > self.LIMIT:
+                raise asyncio.LimitOverrunError(
+                    "Separator is not found, and chunk exceed the limit", len(self._buffer)
+                )
+            if self._eof:
+                raise asyncio.IncompleteReadError(self._take(len(self._buffer)), None)
+            await self._wait_data()
+
+    async def readline(self) -> bytes:
+        try:
+            return await self.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+
+    # -- writing and closing (StreamWriter's semantics)
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        assert self.transport is not None
+        if self.transport.is_closing():
+            # Let connection_lost run, so a write loop sees the loss.
+            await asyncio.sleep(0)
+        if self._error is not None:
+            raise self._error
+        if self._closed.done():
+            raise ConnectionResetError("Connection lost")
+        if not self._write_paused:
+            return
+        waiter = self._loop.create_future()
+        self._drain_waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            self._drain_waiters.remove(waiter)
+        if self._closed.done():
+            raise ConnectionResetError("Connection lost")
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+
 @dataclass
 class _Conns:
-    """The connections and tasks a server owns, closed on exit."""
+    """The connections (and their handlers' tasks) a server owns, closed on
+    exit."""
 
-    writers: set[asyncio.StreamWriter] = field(default_factory=set)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    conns: set[_Conn] = field(default_factory=set)
 
-    def track(self, *writers: asyncio.StreamWriter) -> None:
-        self.writers.update(writers)
-        task = asyncio.current_task()
-        assert task is not None
-        self.tasks.add(task)
+    def factory(self, handler: Callable[[_Conn], Coroutine[Any, Any, None]]) -> Callable[[], _Conn]:
+        """A protocol factory for ``loop.create_server``: each accepted
+        connection runs ``handler(conn)`` in a task of its own."""
+
+        def make() -> _Conn:
+            conn = _Conn(handler)
+            self.conns.add(conn)
+            return conn
+
+        return make
+
+    async def connect(self, host: str, port: int) -> _Conn:
+        """A plain TCP connection out, closed on exit like the rest."""
+        _, conn = await asyncio.get_running_loop().create_connection(_Conn, host, port)
+        self.conns.add(conn)
+        return conn
 
     async def close(self) -> None:
-        for w in self.writers:
-            w.transport.abort()
-        if self.tasks:
-            _, pending = await asyncio.wait(self.tasks, timeout=5)
+        for c in self.conns:
+            c.abort()
+        tasks = {c.task for c in self.conns if c.task is not None}
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=5)
             for t in pending:
                 t.cancel()
             if pending:
                 await asyncio.wait(pending)
-        self.writers.clear()
+        self.conns.clear()
 
 
-async def _server_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext) -> bool:
-    """Be the TLS server on an accepted connection (asyncio's TLS): what
-    ``StreamWriter.start_tls`` does, plus one check.
-
-    Not ``start_server(ssl=...)``: in debug mode asyncio reports every failed
-    accept handshake to the loop's exception handler, which the suite treats
-    as a failure, and several tests make the client give up on purpose.
-    Not ``StreamWriter.start_tls`` itself: when the peer leaves during the
-    handshake, ``loop.start_tls`` returns ``None`` (Python 3.11-3.13) and the
-    writer would be left with no transport.
-
-    Returns False when the handshake failed: the socket is closed then, and
-    its protocol is asyncio's TLS one, so the writer must not wait for a
-    close it will never be told of.
-    """
-    loop = asyncio.get_running_loop()
-    transport = writer.transport
-    protocol = transport.get_protocol()
-    assert isinstance(protocol, asyncio.StreamReaderProtocol)
-    try:
-        new = await loop.start_tls(
-            transport, protocol, context, server_side=True, ssl_handshake_timeout=10
-        )
-    except (TimeoutError, OSError, ssl.SSLError):
-        return False
-    if new is None:
-        transport.abort()
-        return False
-    # The two private steps of StreamWriter.start_tls (asyncio/streams.py).
-    writer._transport = new  # type: ignore[attr-defined]
-    protocol._replace_writer(writer)  # type: ignore[attr-defined]
-    return True
+async def _serve(
+    conns: _Conns, handler: Callable[[_Conn], Coroutine[Any, Any, None]]
+) -> asyncio.Server:
+    return await asyncio.get_running_loop().create_server(conns.factory(handler), "127.0.0.1", 0)
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
+async def _close(conn: _Conn) -> None:
+    conn.close()
     with contextlib.suppress(OSError, ssl.SSLError, asyncio.TimeoutError):
-        await asyncio.wait_for(writer.wait_closed(), 2)
+        await asyncio.wait_for(conn.wait_closed(), 2)
 
 
-async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+async def _pipe(src: _Conn, dst: _Conn) -> None:
     with contextlib.suppress(OSError, ssl.SSLError):
         while data := await src.read(65536):
             dst.write(data)
@@ -176,7 +369,7 @@ class ConnectProxy:
         return f"{scheme}://{at}127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> ConnectProxy:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self._server = await _serve(self._conns, self._handle)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -187,12 +380,11 @@ class ConnectProxy:
         await self._conns.close()
         await self._server.wait_closed()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._conns.track(writer)
+    async def _handle(self, conn: _Conn) -> None:
         try:
-            if self.tls is not None and not await _server_tls(writer, self.tls):
+            if self.tls is not None and not await conn.start_tls(self.tls):
                 return
-            await self._serve_and_close(reader, writer)
+            await self._serve_and_close(conn)
         finally:
             self.ended += 1
             self._ended.set()
@@ -203,11 +395,9 @@ class ConnectProxy:
             self._ended.clear()
             await asyncio.wait_for(self._ended.wait(), 10)
 
-    async def _serve_and_close(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _serve_and_close(self, conn: _Conn) -> None:
         try:
-            await self._serve(reader, writer)
+            await self._serve(conn)
         except (
             TimeoutError,
             OSError,
@@ -217,15 +407,15 @@ class ConnectProxy:
         ):
             pass
         finally:
-            await _close(writer)
+            await _close(conn)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        first = await reader.readexactly(1)
+    async def _serve(self, conn: _Conn) -> None:
+        first = await conn.readexactly(1)
         if not first.isalpha():
             # Not HTTP (a ClientHello to a plain proxy): answer as servers do.
-            writer.write(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+            conn.write(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
             return
-        head = (first + await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        head = (first + await conn.readuntil(b"\r\n\r\n")).decode("latin-1")
         request_line, *lines = head.split("\r\n")
         headers = {}
         for line in lines:
@@ -235,7 +425,7 @@ class ConnectProxy:
         creds = _basic(headers.get("proxy-authorization"))
         self.seen.append(Seen(request_line, headers, creds))
         if self.auth is not None and creds != self.auth:
-            writer.write(
+            conn.write(
                 b"HTTP/1.1 407 Proxy Authentication Required\r\n"
                 b'Proxy-Authenticate: Basic realm="kit"\r\nContent-Length: 0\r\n\r\n'
             )
@@ -244,7 +434,7 @@ class ConnectProxy:
             return
         if self.mode == "stall":
             # Never answer; notice the client leaving (or the kit closing).
-            left = asyncio.ensure_future(reader.read())
+            left = asyncio.ensure_future(conn.read())
             stop = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait([left, stop], return_when=asyncio.FIRST_COMPLETED)
             for t in (left, stop):
@@ -252,44 +442,43 @@ class ConnectProxy:
             await asyncio.wait([left, stop])
             return
         if self.reply is not None and not self.tunnel:
-            await self._send_reply(writer, self.reply + self.after_reply)
+            await self._send_reply(conn, self.reply + self.after_reply)
             return
         method, target, _version = request_line.split(" ")
         assert method == "CONNECT", request_line
         host, _, port = target.rpartition(":")
         try:
-            up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            up = await self._conns.connect(host.strip("[]"), int(port))
         except OSError:
-            writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            conn.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
             return
-        self._conns.track(up_writer)
         try:
             reply = (self.reply if self.reply is not None else OK_REPLY) + self.after_reply
             if self.coalesce:
-                reply += await asyncio.wait_for(up_reader.read(65536), 5)
-            await self._send_reply(writer, reply)
+                reply += await asyncio.wait_for(up.read(65536), 5)
+            await self._send_reply(conn, reply)
             # Either direction ending ends the tunnel.
             relay = [
-                asyncio.ensure_future(_pipe(reader, up_writer)),
-                asyncio.ensure_future(_pipe(up_reader, writer)),
+                asyncio.ensure_future(_pipe(conn, up)),
+                asyncio.ensure_future(_pipe(up, conn)),
             ]
             try:
                 await asyncio.wait(relay, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for t in relay:
-                    t.cancel()
+                for r in relay:
+                    r.cancel()
                 await asyncio.wait(relay)
         finally:
-            await _close(up_writer)
+            await _close(up)
 
-    async def _send_reply(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+    async def _send_reply(self, conn: _Conn, data: bytes) -> None:
         if not self.dribble:
-            writer.write(data)
-            await writer.drain()
+            conn.write(data)
+            await conn.drain()
             return
         for i in range(len(data)):
-            writer.write(data[i : i + 1])
-            await writer.drain()
+            conn.write(data[i : i + 1])
+            await conn.drain()
             await asyncio.sleep(0.001)
 
 
@@ -314,22 +503,21 @@ async def echo_origin(
     first (a server that speaks first).  Yields its port."""
     conns = _Conns()
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conns.track(writer)
-        if tls is not None and not await _server_tls(writer, tls):
+    async def handle(conn: _Conn) -> None:
+        if tls is not None and not await conn.start_tls(tls):
             return
         try:
             if banner:
-                writer.write(banner)
-            while line := await reader.readline():
-                writer.write(b"echo: " + line)
-                await writer.drain()
+                conn.write(banner)
+            while line := await conn.readline():
+                conn.write(b"echo: " + line)
+                await conn.drain()
         except (TimeoutError, OSError, ssl.SSLError):
             pass
         finally:
-            await _close(writer)
+            await _close(conn)
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server = await _serve(conns, handle)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:
@@ -344,14 +532,13 @@ async def silent_server() -> AsyncIterator[int]:
     conns = _Conns()
     stop = asyncio.Event()
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conns.track(writer)
+    async def handle(conn: _Conn) -> None:
         try:
             await stop.wait()
         finally:
-            writer.transport.abort()
+            conn.abort()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server = await _serve(conns, handle)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:
