@@ -23,9 +23,7 @@ from onion_tls.testing import OnionCA
 WAIT = 10.0
 MODULES = [pytest.param(asyncio, id="asyncio"), pytest.param(onion_tls, id="onion_tls")]
 # asyncio's own StreamWriter.start_tls takes ssl_shutdown_timeout from 3.12 on
-SHUTDOWN_KW: dict[str, Any] = (
-    {"ssl_shutdown_timeout": 5.0} if sys.version_info >= (3, 12) else {}
-)
+SHUTDOWN_KW: dict[str, Any] = {"ssl_shutdown_timeout": 5.0} if sys.version_info >= (3, 12) else {}
 
 
 async def _close(writer: Any) -> None:
