@@ -1,4 +1,7 @@
-"""Command line: ``python -m onion_tls demo``, ``client`` and ``bench``.
+"""Command line: ``python -m onion_tls demo`` and ``client``.
+
+The benchmark is a development tool outside the package:
+``python benchmarks/bench.py`` (or ``nox -s bench``).
 
 Each subcommand is added by one ``_add_*`` function and run by the function
 it sets as ``run``.
@@ -252,31 +255,6 @@ def _run_client(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         return 130
 
 
-# -- bench ----------------------------------------------------------------------
-
-
-def _add_bench(sub: Any) -> None:
-    from . import bench
-
-    parser = sub.add_parser(
-        "bench",
-        help="onion_tls against asyncio's own TLS, side by side",
-        formatter_class=_Formatter,
-        description=_text(bench.DESCRIPTION),
-        epilog="examples:\n"
-        "  python -m onion_tls bench --quick\n"
-        "  python -m onion_tls bench --depths 1-3 --seconds 2 --engine stdlib",
-    )
-    bench.add_arguments(parser)
-    parser.set_defaults(run=_run_bench, subparser=parser)
-
-
-def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from . import bench
-
-    return bench.run(args)
-
-
 # -- main -----------------------------------------------------------------------
 
 
@@ -288,7 +266,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
     _add_client(sub)
-    _add_bench(sub)
     return parser
 
 

@@ -11,7 +11,7 @@ application) runs alone, so a native profiler sees only that side::
 
 It prints MB/s and CPU ns per payload byte.  No network, no event loop
 wake-ups: this is the library's own cost (plus OpenSSL's), not a benchmark
-against anything (``python -m onion_tls bench`` is that).
+against anything (``python benchmarks/bench.py`` is that).
 """
 
 from __future__ import annotations

@@ -5,16 +5,10 @@ pending at the end, fails the test."""
 from __future__ import annotations
 
 import inspect
-import sys
-from pathlib import Path
 
 import pytest
 
 from onion_tls.pytest_plugin import run_async_test
-
-# tests/ is a package (relative imports work), and its folder is on the path
-# too, so ``from helpers import ...`` works in any test file as well.
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.hookimpl(tryfirst=True)

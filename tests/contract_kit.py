@@ -7,6 +7,12 @@ trustme, ``OpenSSL.SSL.Context(TLS_METHOD)`` + trustme, with or without
 ``set_verify``).  Connections are real 127.0.0.1 sockets, optionally through
 a tapping TCP proxy that records (and may dribble) every byte.
 
+Black box on purpose: nothing from ``onion_tls.testing``, the library's
+underscore modules or the suite's own kit (``tests/helpers.py``) is used, so
+:class:`PKI` (beside ``OnionCA``) and :class:`App` (beside the kit's
+``Recorder``) are deliberate duplicates: they are what a tester who has
+only the contract would write.
+
 Waiting is bounded by ``WAIT`` only to turn a hang into a readable failure.
 """
 

@@ -1,13 +1,32 @@
-"""Shared test protocols and connection helpers for the core test suite.
+"""The test suite's own kit: what only onion_tls's tests need, on top of
+:mod:`onion_tls.testing` (what users get: ``OnionCA``, ``memory_pair`` /
+``OnionPair``, ``stream_pair``, ``MemoryPipe``, ``dribble``).  Tests import it
+relatively: ``from .helpers import Recorder, connect``.
 
-* :class:`Recorder` - an application protocol that records everything the
-  onion transport tells it, with awaitable reads (no sleep-polling).
+* :class:`Recorder` - the application protocol of the suite: records
+  everything the onion transport tells it, with awaitable reads (no
+  sleep-polling).  Subclass it for an application that acts.
 * :func:`connect` - an async context manager giving a connected
-  :class:`Pair` of onion stacks, either in memory (:func:`memory_pair`) or
-  over real 127.0.0.1 loopback sockets; on exit both ends are torn down and
-  every transport is closed, so no test leaks an unclosed transport.
-* :func:`ctx` / :func:`start_layer` - contexts and one-layer handshakes with a
-  per-depth choice of engine, version, roles and mutual TLS.
+  :class:`Pair` of onion stacks, either in memory (``memory_pair``) or over
+  real 127.0.0.1 loopback sockets; on exit both ends are torn down and every
+  transport is closed, so no test leaks an unclosed transport.
+  :func:`recorder_pair` is the in-memory pair without the teardown, for tests
+  that close it themselves (:func:`close_both`).
+* Pushing layers: :func:`start_layer` (an ``OnionCA`` identity for a depth,
+  through ``OnionPair.start_tls``, bounded by ``WAIT``) and
+  :func:`start_layer_with` (contexts the test made itself, a session to
+  resume); :func:`ping` checks both directions at the innermost layer.
+* :class:`ManualTLS` - a hand-driven ``ssl.SSLObject`` peer inside an onion
+  connection, for what a well-behaved onion peer never does.
+* :class:`PlainCA`, :func:`rich_subject`, :func:`rich_san`, :func:`san` -
+  certificates trustme does not make (chosen serials and dates, every kind
+  of name), and reading names back.
+* Parametrization: ``KINDS``, ``ENGINE_MODES`` / :func:`engines_for`,
+  ``ENGINE_PAIRS``, ``MIXED``.
+
+Not here, on purpose: ``tests/contract_kit.py`` (black-box acceptance tests
+from DESIGN.md alone: public API only, with its own PKI and app) and
+``tests/proxy_kit.py`` (the servers of the proxy tests).
 
 Waiting is bounded by ``WAIT`` seconds only to turn a hang into a readable
 failure; no test asserts on elapsed time.
@@ -17,27 +36,62 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from onion_tls import OnionProtocol, OnionTransport, TLSLayer
 from onion_tls.testing import Chunker, Engine, MemoryPipe, OnionCA, OnionPair, memory_pair
+
+__all__ = [
+    "ENGINE_MODES",
+    "ENGINE_PAIRS",
+    "ENGINE_PAIR_IDS",
+    "KINDS",
+    "MIXED",
+    "WAIT",
+    "ManualTLS",
+    "Pair",
+    "PlainCA",
+    "Recorder",
+    "close_both",
+    "connect",
+    "engines_for",
+    "loopback_pair",
+    "ping",
+    "recorder_pair",
+    "rich_san",
+    "rich_subject",
+    "san",
+    "settle",
+    "start_layer",
+    "start_layer_with",
+]
 
 WAIT = 10.0
 KINDS = ("memory", "loopback")
 Kind = Literal["memory", "loopback"]
 
 
+# -- the application -----------------------------------------------------------
+
+
 class Recorder(asyncio.Protocol):
     """Records data, EOFs, losses and flow-control calls in order.
 
     ``eof_result`` is what ``eof_received()`` returns (``None``: keep the
-    connection open while a TLS layer is left, like the smoke tests).
+    connection open while a TLS layer is left, close it on the raw EOF).
     ``on_data`` (if set) is called from inside ``data_received`` with the
-    chunk, after it was recorded.
+    chunk, after it was recorded; ``on_eof`` likewise from ``eof_received``.
+    ``changed`` is set on every event: a subclass that records something of
+    its own sets it too, and waits on it as :meth:`wait_for` does.
     """
 
     def __init__(self) -> None:
@@ -52,7 +106,13 @@ class Recorder(asyncio.Protocol):
         self.on_data: Callable[[bytes], None] | None = None
         self.on_eof: Callable[[], None] | None = None
         self.made = False
-        self._waiters: list[asyncio.Future[None]] = []
+        self.changed = asyncio.Event()
+
+    @property
+    def _changed(self) -> asyncio.Event:
+        # The name the subclasses in test_engines_mixed.py and
+        # test_interop_asyncio.py use (from the engine tests' former kit).
+        return self.changed
 
     # -- asyncio.Protocol -----------------------------------------------------
 
@@ -61,7 +121,7 @@ class Recorder(asyncio.Protocol):
         assert not self.made, "connection_made called twice"
         self.transport = transport
         self.made = True
-        self._notify()
+        self.changed.set()
 
     def data_received(self, data: bytes) -> None:
         assert isinstance(data, bytes)
@@ -74,7 +134,7 @@ class Recorder(asyncio.Protocol):
         self.events.append(("data", data, len(self.transport.layers)))
         if self.on_data is not None:
             self.on_data(data)
-        self._notify()
+        self.changed.set()
 
     def eof_received(self) -> bool | None:
         assert not self.lost, "eof_received after connection_lost"
@@ -82,7 +142,7 @@ class Recorder(asyncio.Protocol):
         self.events.append(("eof", len(self.transport.layers)))
         if self.on_eof is not None:
             self.on_eof()
-        self._notify()
+        self.changed.set()
         if self.eof_result is None:
             return bool(self.transport.layers)
         return self.eof_result
@@ -90,33 +150,25 @@ class Recorder(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost.append(exc)
         self.events.append(("lost", exc))
-        self._notify()
+        self.changed.set()
 
     def pause_writing(self) -> None:
         self.events.append(("pause_writing",))
-        self._notify()
+        self.changed.set()
 
     def resume_writing(self) -> None:
         self.events.append(("resume_writing",))
-        self._notify()
+        self.changed.set()
 
     # -- waiting ----------------------------------------------------------------
 
-    def _notify(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
-
     async def wait_for(self, predicate: Callable[[], bool], what: str = "condition") -> None:
         """Wait until ``predicate()`` holds, re-checking after every event."""
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(WAIT):
                 while not predicate():
-                    fut: asyncio.Future[None] = loop.create_future()
-                    self._waiters.append(fut)
-                    await fut
+                    self.changed.clear()
+                    await self.changed.wait()
         except TimeoutError:
             raise AssertionError(
                 f"gave up waiting for {what}; data={bytes(self.data[-200:])!r} "
@@ -124,7 +176,10 @@ class Recorder(asyncio.Protocol):
             ) from None
 
     async def read_exactly(self, n: int) -> bytes:
-        await self.wait_for(lambda: len(self.data) >= n, f"{n} bytes")
+        """The next ``n`` bytes; fails at once if the connection ends first."""
+        await self.wait_for(lambda: len(self.data) >= n or bool(self.lost), f"{n} bytes")
+        if len(self.data) < n:
+            raise AssertionError(f"lost ({self.lost}) with {bytes(self.data)!r}")
         out = bytes(self.data[:n])
         del self.data[:n]
         return out
@@ -169,6 +224,9 @@ class Recorder(asyncio.Protocol):
             else:
                 out.append(ev)
         return out
+
+
+# -- connected pairs -----------------------------------------------------------
 
 
 class Pair(OnionPair):
@@ -241,6 +299,15 @@ async def loopback_pair(
     return Pair("loopback", None, client, server, listener)
 
 
+async def _memory(
+    client_factory: Callable[[], asyncio.BaseProtocol],
+    server_factory: Callable[[], asyncio.BaseProtocol],
+    **kw: Any,
+) -> Pair:
+    mp = await memory_pair(client_factory, server_factory, **kw)
+    return Pair("memory", mp.pipe, mp.client_onion, mp.server_onion)
+
+
 @contextlib.asynccontextmanager
 async def connect(
     kind: Kind,
@@ -253,10 +320,9 @@ async def connect(
 ) -> AsyncIterator[Pair]:
     """A connected :class:`Pair`; torn down (and checked closed) on exit."""
     if kind == "memory":
-        mp = await memory_pair(
+        pair = await _memory(
             client_factory, server_factory, auto=auto, chunker=chunker, coalesce=coalesce
         )
-        pair = Pair("memory", mp.pipe, mp.client_onion, mp.server_onion)
     else:
         assert auto and chunker is None and not coalesce, "memory-only options"
         pair = await loopback_pair(client_factory, server_factory)
@@ -269,24 +335,24 @@ async def connect(
         await pair.teardown()
 
 
-# -- contexts and layers ------------------------------------------------------
+async def recorder_pair(**kw: Any) -> tuple[Pair, Recorder, Recorder]:
+    """Two :class:`Recorder` applications connected in memory
+    (``memory_pair``'s options); the test closes them (:func:`close_both`)."""
+    pair = await _memory(Recorder, Recorder, **kw)
+    return pair, pair.c, pair.s
 
 
-def ctx(
-    ca: OnionCA,
-    engine: Engine,
-    *,
-    server: bool,
-    depth: int,
-    version: str | None = None,
-    mutual: bool = False,
-    alpn: list[str] | None = None,
-) -> Any:
-    if server:
-        return ca.server_context(
-            depth, engine, version=version, require_client_cert=mutual, alpn=alpn
-        )
-    return ca.client_context(engine, version=version, depth=depth if mutual else None, alpn=alpn)
+async def close_both(pair: OnionPair) -> None:
+    """Close both ends; both applications see a clean connection_lost."""
+    client: Recorder = pair.client_protocol  # type: ignore[assignment]
+    server: Recorder = pair.server_protocol  # type: ignore[assignment]
+    pair.client.close()
+    pair.server.close()
+    assert await client.wait_lost() is None
+    assert await server.wait_lost() is None
+
+
+# -- layers --------------------------------------------------------------------
 
 
 async def start_layer(
@@ -317,16 +383,39 @@ async def start_layer(
     )
 
 
-def san(cert: x509.Certificate | None) -> list[str]:
-    assert cert is not None, "no peer certificate"
-    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    return ext.value.get_values_for_type(x509.DNSName)
+async def start_layer_with(
+    pair: OnionPair,
+    client_ctx: Any,
+    server_ctx: Any,
+    *,
+    server_hostname: str | None,
+    session: object | None = None,
+) -> tuple[TLSLayer, TLSLayer]:
+    """Push one layer on both sides with contexts the test made (and a
+    session to resume); returns (client's view, server's view)."""
+    fs = pair.server.start_tls(server_ctx, server_side=True)
+    fc = pair.client.start_tls(client_ctx, server_hostname=server_hostname, session=session)
+    lc, ls = await asyncio.gather(fc, fs)
+    return lc, ls
+
+
+async def ping(pair: OnionPair, tag: bytes = b"ping") -> None:
+    """One round trip at the current innermost layer (both directions)."""
+    client: Recorder = pair.client_protocol  # type: ignore[assignment]
+    server: Recorder = pair.server_protocol  # type: ignore[assignment]
+    pair.client.write(tag)
+    assert await server.read_exactly(len(tag)) == tag
+    pair.server.write(tag[::-1])
+    assert await client.read_exactly(len(tag)) == tag[::-1]
 
 
 async def settle(rounds: int = 20) -> None:
     """Let call_soon callbacks (memory pipe pumps, flushes) run."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+# -- parametrization -----------------------------------------------------------
 
 
 def engines_for(mode: str, depth: int) -> tuple[Engine, Engine]:
@@ -349,23 +438,16 @@ ENGINE_PAIRS: list[tuple[Engine, Engine]] = [
 ]
 ENGINE_PAIR_IDS = ["pp", "ss", "ps", "sp"]
 
-__all__ = [
-    "ENGINE_MODES",
-    "ENGINE_PAIRS",
-    "ENGINE_PAIR_IDS",
-    "KINDS",
-    "WAIT",
-    "ManualTLS",
-    "Pair",
-    "Recorder",
-    "connect",
-    "ctx",
-    "engines_for",
-    "loopback_pair",
-    "san",
-    "settle",
-    "start_layer",
-]
+#: Each depth's engine on the client side and on the server side: every
+#: layer's two ends use different engines (issue 3, "mixed stacks").
+MIXED = {
+    1: ("stdlib", "pyopenssl"),
+    2: ("pyopenssl", "stdlib"),
+    3: ("stdlib", "pyopenssl"),
+}
+
+
+# -- a hand-driven TLS peer ----------------------------------------------------
 
 
 class ManualTLS:
@@ -456,3 +538,153 @@ class ManualTLS:
             if self.peer_closed:
                 return bytes(self.plaintext)
             await self._more()
+
+
+# -- certificates trustme does not make ----------------------------------------
+
+
+def san(cert: x509.Certificate | None) -> list[str]:
+    """The DNS names of a certificate's subjectAltName."""
+    assert cert is not None, "no peer certificate"
+    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return ext.value.get_values_for_type(x509.DNSName)
+
+
+class PlainCA:
+    """A CA made with cryptography directly, for certificates trustme does
+    not make (chosen serials and dates, every kind of name)."""
+
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "onion test CA")])
+        now = dt.datetime.now(dt.UTC)
+        self.name = name
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=3650))
+            .not_valid_after(now + dt.timedelta(days=36500))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+
+    @property
+    def pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def issue(
+        self,
+        *,
+        serial: int,
+        not_before: dt.datetime,
+        not_after: dt.datetime,
+        subject: x509.Name,
+        san: list[x509.GeneralName],
+        extras: bool = True,
+    ) -> tuple[x509.Certificate, bytes]:
+        """Returns (certificate, PEM of key + certificate)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.name)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.SubjectAlternativeName(san), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        )
+        if extras:
+            b = b.add_extension(
+                x509.AuthorityInformationAccess(
+                    [
+                        x509.AccessDescription(
+                            x509.oid.AuthorityInformationAccessOID.OCSP,
+                            x509.UniformResourceIdentifier("http://ocsp.onion.test/"),
+                        ),
+                        x509.AccessDescription(
+                            x509.oid.AuthorityInformationAccessOID.CA_ISSUERS,
+                            x509.UniformResourceIdentifier("http://ca.onion.test/ca.der"),
+                        ),
+                    ]
+                ),
+                critical=False,
+            ).add_extension(
+                x509.CRLDistributionPoints(
+                    [
+                        x509.DistributionPoint(
+                            full_name=[x509.UniformResourceIdentifier("http://crl.onion.test/a")],
+                            relative_name=None,
+                            reasons=None,
+                            crl_issuer=None,
+                        ),
+                        x509.DistributionPoint(
+                            full_name=[x509.UniformResourceIdentifier("http://crl.onion.test/b")],
+                            relative_name=None,
+                            reasons=None,
+                            crl_issuer=None,
+                        ),
+                    ]
+                ),
+                critical=False,
+            )
+        cert = b.sign(self.key, hashes.SHA256())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ) + cert.public_bytes(serialization.Encoding.PEM)
+        return cert, pem
+
+
+def rich_subject() -> x509.Name:
+    return x509.Name(
+        [
+            x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COUNTRY_NAME, "DE")]),
+            x509.RelativeDistinguishedName(
+                [x509.NameAttribute(NameOID.STATE_OR_PROVINCE_NAME, "Berlin")]
+            ),
+            x509.RelativeDistinguishedName(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Onion Ltd"),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Layers"),
+                ]
+            ),
+            x509.RelativeDistinguishedName(
+                [x509.NameAttribute(NameOID.EMAIL_ADDRESS, "tls@onion.test")]
+            ),
+            x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.SERIAL_NUMBER, "42")]),
+            x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.DOMAIN_COMPONENT, "test")]),
+            x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, "rich.test")]),
+        ]
+    )
+
+
+def rich_san() -> list[x509.GeneralName]:
+    return [
+        x509.DNSName("rich.test"),
+        x509.DNSName("*.rich.test"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("2001:db8::1")),
+        x509.RFC822Name("tls@onion.test"),
+        x509.UniformResourceIdentifier("https://rich.test/"),
+        x509.DirectoryName(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dir name")])),
+    ]

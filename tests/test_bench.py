@@ -1,21 +1,22 @@
-"""Smoke tests of ``python -m onion_tls bench``: it runs, stops by itself and
-prints a complete table.  No timing is asserted."""
+"""Smoke tests of ``python benchmarks/bench.py`` (outside the package): it
+runs, stops by itself and prints a complete table.  No timing is asserted."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-from onion_tls import bench
-
 ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks" / "bench.py"
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
 
@@ -23,7 +24,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return subprocess.run(
-        [sys.executable, "-m", "onion_tls", "bench", *args],
+        [sys.executable, str(BENCH), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -39,22 +40,30 @@ NUM = r"\s+(\d+(?:\.\d+)?)"
 CELL = re.compile(rf"\|{NUM}{NUM}\s+(\d+\.\d\d)x")
 
 
-def test_parse_depths() -> None:
-    assert bench._parse_depths("1-3") == [1, 2, 3]
-    assert bench._parse_depths("3,1") == [1, 3]
-    assert bench._parse_depths("2") == [2]
+@pytest.fixture
+def bench_cells(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """``benchmarks/onion_bench/cells.py``, the bench's matrix (pure functions),
+    imported with benchmarks/ on the path for this test only."""
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    return importlib.import_module("onion_bench.cells")
+
+
+def test_parse_depths(bench_cells: ModuleType) -> None:
+    assert bench_cells.parse_depths("1-3") == [1, 2, 3]
+    assert bench_cells.parse_depths("3,1") == [1, 3]
+    assert bench_cells.parse_depths("2") == [2]
     for bad in ("0", "x", "3-1", "1-9"):
         with pytest.raises(argparse.ArgumentTypeError):
-            bench._parse_depths(bad)
+            bench_cells.parse_depths(bad)
 
 
-def test_cells_cover_the_matrix() -> None:
-    cells = bench.build_cells([1, 2, 3])
+def test_cells_cover_the_matrix(bench_cells: ModuleType) -> None:
+    cells = bench_cells.build_cells([1, 2, 3])
     # sink and echo x 64k and 1k x plain and buffered, plus handshakes, per depth
     assert len(cells) == 3 * 9
     names = {c.name for c in cells}
     assert {"sink-64k-plain", "sink-1k-buffered", "echo-64k-buffered", "handshake"} <= names
-    only = bench.build_cells([2], ["sink-64k-*", "handshake"])
+    only = bench_cells.build_cells([2], ["sink-64k-*", "handshake"])
     assert [(c.name, c.depth) for c in only] == [
         ("sink-64k-plain", 2),
         ("sink-64k-buffered", 2),

@@ -10,17 +10,6 @@ import ssl
 from typing import Any
 
 import pytest
-from helpers import (
-    ENGINE_PAIR_IDS,
-    ENGINE_PAIRS,
-    KINDS,
-    WAIT,
-    Recorder,
-    connect,
-    san,
-    settle,
-    start_layer,
-)
 from OpenSSL import SSL
 
 from onion_tls import (
@@ -33,6 +22,18 @@ from onion_tls import (
     TruncatedError,
 )
 from onion_tls.testing import Engine, OnionCA
+
+from .helpers import (
+    ENGINE_PAIR_IDS,
+    ENGINE_PAIRS,
+    KINDS,
+    WAIT,
+    Recorder,
+    connect,
+    san,
+    settle,
+    start_layer,
+)
 
 
 @pytest.mark.parametrize(("client_engine", "server_engine"), ENGINE_PAIRS, ids=ENGINE_PAIR_IDS)

@@ -22,13 +22,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
-from helpers import ENGINE_PAIR_IDS, ENGINE_PAIRS, WAIT, connect
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onion_tls._records import RecordFramer
 from onion_tls.pytest_plugin import run_async_test
 from onion_tls.testing import Engine, OnionCA, dribble
+
+from .helpers import ENGINE_PAIR_IDS, ENGINE_PAIRS, WAIT, connect
 
 Chunker = Callable[[bytes], Iterable[bytes]]
 

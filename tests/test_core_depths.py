@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers import ENGINE_MODES, KINDS, Pair, connect, engines_for, san, start_layer
 
 from onion_tls.testing import OnionCA
+
+from .helpers import ENGINE_MODES, KINDS, Pair, connect, engines_for, san, start_layer
 
 MAX_DEPTH = 8
 MUTUAL_DEPTHS = (3, 6)

@@ -14,17 +14,6 @@ import socket
 import struct
 
 import pytest
-from helpers import (
-    ENGINE_PAIR_IDS,
-    ENGINE_PAIRS,
-    KINDS,
-    WAIT,
-    ManualTLS,
-    Pair,
-    Recorder,
-    connect,
-    start_layer,
-)
 
 from onion_tls import (
     HandshakeError,
@@ -35,6 +24,18 @@ from onion_tls import (
     TruncatedError,
 )
 from onion_tls.testing import Engine, OnionCA
+
+from .helpers import (
+    ENGINE_PAIR_IDS,
+    ENGINE_PAIRS,
+    KINDS,
+    WAIT,
+    ManualTLS,
+    Pair,
+    Recorder,
+    connect,
+    start_layer,
+)
 
 ENGINES = ["pyopenssl", "stdlib"]
 

@@ -8,7 +8,11 @@ import asyncio
 import hashlib
 
 import pytest
-from helpers import (
+
+from onion_tls import TLSLayer
+from onion_tls.testing import Engine, OnionCA
+
+from .helpers import (
     ENGINE_PAIR_IDS,
     ENGINE_PAIRS,
     KINDS,
@@ -18,9 +22,6 @@ from helpers import (
     settle,
     start_layer,
 )
-
-from onion_tls import TLSLayer
-from onion_tls.testing import Engine, OnionCA
 
 
 def flow_events(pair: Pair, side: str = "c") -> list[str]:

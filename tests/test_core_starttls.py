@@ -9,7 +9,11 @@ import asyncio
 from typing import Any
 
 import pytest
-from helpers import (
+
+from onion_tls import HandshakeError, LayerStateError, TLSLayer
+from onion_tls.testing import Engine, OnionCA
+
+from .helpers import (
     ENGINE_PAIR_IDS,
     ENGINE_PAIRS,
     KINDS,
@@ -20,9 +24,6 @@ from helpers import (
     settle,
     start_layer,
 )
-
-from onion_tls import HandshakeError, LayerStateError, TLSLayer
-from onion_tls.testing import Engine, OnionCA
 
 MARK = b"SECRET-MARKER"
 

@@ -11,7 +11,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
-from helpers import (
+
+from onion_tls import TLSLayer
+from onion_tls.testing import Engine, OnionCA, dribble
+
+from .helpers import (
     ENGINE_PAIR_IDS,
     ENGINE_PAIRS,
     WAIT,
@@ -22,9 +26,6 @@ from helpers import (
     settle,
     start_layer,
 )
-
-from onion_tls import TLSLayer
-from onion_tls.testing import Engine, OnionCA, dribble
 
 # memory: one read per write; coalesce: everything pending in one read (the
 # close_notify and the bytes beneath it together); dribble: one byte a read.

@@ -18,7 +18,8 @@ from OpenSSL import SSL
 
 from onion_tls.testing import OnionCA
 
-from .test_engines_kit import MIXED, close_both, ping, recorder_pair, start_layer
+from .helpers import MIXED, close_both, ping, recorder_pair
+from .helpers import start_layer_with as start_layer
 
 TLS13_LABELS = {
     "CLIENT_HANDSHAKE_TRAFFIC_SECRET",

@@ -14,7 +14,8 @@ import pytest
 import onion_tls
 from onion_tls.testing import ENGINES, OnionCA
 
-from .test_engines_kit import MIXED, close_both, ping, recorder_pair, start_layer
+from .helpers import MIXED, close_both, ping, recorder_pair
+from .helpers import start_layer_with as start_layer
 
 SECRET = b"PAYLOAD-do-not-log"
 

@@ -14,7 +14,7 @@ import pytest
 import onion_tls
 from onion_tls.testing import OnionCA, OnionPair, dribble
 
-from .test_engines_kit import MIXED, Recorder, close_both, ping, recorder_pair
+from .helpers import MIXED, Recorder, close_both, ping, recorder_pair
 
 STACKS = {
     # depth -> (client end's engine, server end's engine)

@@ -15,14 +15,8 @@ from OpenSSL import SSL, crypto
 
 from onion_tls._engine import peercert_dict
 
-from .test_engines_kit import (
-    PlainCA,
-    close_both,
-    recorder_pair,
-    rich_san,
-    rich_subject,
-    start_layer,
-)
+from .helpers import PlainCA, close_both, recorder_pair, rich_san, rich_subject
+from .helpers import start_layer_with as start_layer
 
 UTC = dt.UTC
 

@@ -15,7 +15,8 @@ from OpenSSL import SSL
 import onion_tls
 from onion_tls.testing import ENGINES, OnionCA, OnionPair
 
-from .test_engines_kit import Recorder, close_both, ping, recorder_pair, start_layer
+from .helpers import Recorder, close_both, ping, recorder_pair
+from .helpers import start_layer_with as start_layer
 
 PAIRS = [(c, s) for c in ENGINES for s in ENGINES]
 

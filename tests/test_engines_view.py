@@ -12,7 +12,8 @@ from OpenSSL import SSL
 
 from onion_tls.testing import ENGINES, OnionCA
 
-from .test_engines_kit import close_both, ping, recorder_pair, start_layer
+from .helpers import close_both, ping, recorder_pair
+from .helpers import start_layer_with as start_layer
 
 PAIRS = [(c, s) for c in ENGINES for s in ENGINES]
 VERSIONS = ["TLSv1.2", "TLSv1.3"]

@@ -32,12 +32,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from helpers import WAIT, Pair, Recorder, connect, settle
 
 from onion_tls import OnionProtocol, OnionTransport, _buffers, _pyopenssl
 from onion_tls._records import RecordFramer
 from onion_tls.pytest_plugin import run_async_test
 from onion_tls.testing import Engine, OnionCA, OnionPair
+
+from .helpers import WAIT, Pair, Recorder, connect, settle
 
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 MODES = ("pyopenssl", "pyopenssl-public", "stdlib")

@@ -21,7 +21,7 @@ import pytest
 import onion_tls
 from onion_tls.testing import OnionCA
 
-from .test_engines_kit import Recorder
+from .helpers import Recorder
 
 pytestmark = pytest.mark.skipif(
     sys.version_info < (3, 11), reason="asyncio nests start_tls over TLS from Python 3.11"

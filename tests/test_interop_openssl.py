@@ -17,7 +17,7 @@ from cryptography import x509
 import onion_tls
 from onion_tls.testing import ENGINES, OnionCA
 
-from .test_engines_kit import Recorder
+from .helpers import Recorder
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="the openssl binary is not installed")

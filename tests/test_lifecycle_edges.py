@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from helpers import WAIT, ManualTLS, Pair, Recorder, connect, settle, start_layer
 from OpenSSL import SSL
 
 import onion_tls
@@ -40,6 +39,8 @@ from onion_tls import (
     TruncatedError,
 )
 from onion_tls.testing import ENGINES, Engine, OnionCA, stream_pair
+
+from .helpers import WAIT, ManualTLS, Pair, Recorder, connect, settle, start_layer
 
 DEPTHS = (1, 2, 3)
 #: "About the read high-water mark": 1 MiB plus one chunk of slack.

@@ -9,36 +9,7 @@ import pytest
 import onion_tls
 from onion_tls.testing import ENGINES, OnionCA, memory_pair
 
-
-class Recorder(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.eofs = 0
-        self.lost: list[BaseException | None] = []
-        self.transport: onion_tls.OnionTransport
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, onion_tls.OnionTransport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.data += data
-
-    def eof_received(self) -> bool:
-        self.eofs += 1
-        return bool(self.transport.layers)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.lost.append(exc)
-
-    async def read_exactly(self, n: int) -> bytes:
-        for _ in range(10_000):
-            if len(self.data) >= n:
-                out = bytes(self.data[:n])
-                del self.data[:n]
-                return out
-            await asyncio.sleep(0.001)
-        raise AssertionError(f"wanted {n} bytes, have {bytes(self.data)!r}")
+from .helpers import Recorder
 
 
 @pytest.mark.parametrize("engine", ENGINES)

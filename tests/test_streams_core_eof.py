@@ -6,50 +6,30 @@ application has popped meanwhile."""
 
 from __future__ import annotations
 
-import asyncio
+from onion_tls.testing import OnionCA, OnionPair, memory_pair
 
-import onion_tls
-from onion_tls.testing import OnionCA, memory_pair
-
-
-class Recorder(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.events: list[object] = []
-        self.transport: onion_tls.OnionTransport
-        self.pause_on_data = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, onion_tls.OnionTransport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.events.append(data)
-        if self.pause_on_data:  # as a StreamReader does when its buffer is full
-            self.transport.pause_reading()
-
-    def eof_received(self) -> bool:
-        self.events.append(("eof", len(self.transport.layers)))
-        return True
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.events.append(("lost", exc))
+from .helpers import Recorder, settle
 
 
-async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
+def keep_open(pair: OnionPair) -> None:
+    """Both applications answer every EOF by keeping the connection open
+    (as the streams do until the application reads the EOF)."""
+    for app in (pair.client_protocol, pair.server_protocol):
+        assert isinstance(app, Recorder)
+        app.eof_result = True
 
 
 async def test_eofs_of_the_layers_beneath_come_as_they_are_uncovered(onion_ca: OnionCA) -> None:
     # The peer only shuts its writing side, so our close_notify answers reach it.
     pair = await memory_pair(Recorder, Recorder, half_close=True)
     client: Recorder = pair.client_protocol  # type: ignore[assignment]
+    keep_open(pair)
     await pair.start_tls(onion_ca)
     await pair.start_tls(onion_ca)
     pair.server.write(b"x")
     pair.server.close()  # close_notify on 2, then 1, then the socket's EOF
     await settle()
-    assert client.events == [b"x", ("eof", 2)]
+    assert client.events == [("data", b"x", 2), ("eof", 2)]
     await pair.client.stop_tls()
     await settle()
     # Layer 1's close_notify came while layer 2 was above it: it is due now.
@@ -66,15 +46,17 @@ async def test_eofs_of_the_layers_beneath_come_as_they_are_uncovered(onion_ca: O
 async def test_a_pending_eof_of_a_popped_layer_is_dropped(onion_ca: OnionCA) -> None:
     pair = await memory_pair(Recorder, Recorder, coalesce=True)
     client: Recorder = pair.client_protocol  # type: ignore[assignment]
+    keep_open(pair)
     await pair.start_tls(onion_ca)
-    client.pause_on_data = True
+    # as a StreamReader does when its buffer is full
+    client.on_data = lambda data: client.transport.pause_reading()
     pair.server.write(b"inside")
     stop = pair.server.stop_tls()
     await settle()
     # The data came in the same read as the close_notify: the EOF waits.
-    assert client.events == [b"inside"]
+    assert client.events == [("data", b"inside", 1)]
     assert pair.client.layers[0].state == "peer closed"
-    client.pause_on_data = False
+    client.on_data = None
     popped = await pair.client.stop_tls()  # the application unwraps anyway
     assert popped.depth == 1
     await stop
@@ -83,7 +65,7 @@ async def test_a_pending_eof_of_a_popped_layer_is_dropped(onion_ca: OnionCA) -> 
     pair.client.resume_reading()
     await settle()
     # The layer's data is delivered; its EOF is not: the layer is gone.
-    assert b"".join(e for e in client.events if isinstance(e, bytes)) == b"insideplain"
-    assert not [e for e in client.events if not isinstance(e, bytes)]
+    assert b"".join(e[1] for e in client.events if e[0] == "data") == b"insideplain"
+    assert not [e for e in client.events if e[0] != "data"]
     pair.client.close()
     await settle()

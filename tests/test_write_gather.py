@@ -29,11 +29,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from helpers import WAIT, Pair, Recorder, connect, settle, start_layer
 
 from onion_tls import LayerStateError, OnionProtocol, OnionTransport, TLSLayer
 from onion_tls._transport import _GATHER_MAX, _GATHER_SMALL
 from onion_tls.testing import Engine, MemoryPipe, MemoryTransport, OnionCA
+
+from .helpers import WAIT, Pair, Recorder, connect, settle, start_layer
 
 KiB = 1024
 # The most plaintext one TLS record carries.
