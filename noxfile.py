@@ -63,6 +63,7 @@ def fuzz(session: nox.Session) -> None:
     session.install("-e", ".[test]", "atheris")
     session.env["ONION_FUZZ_EXAMPLES"] = "2000"
     session.env["ONION_MODEL_EXAMPLES"] = "3000"
+    session.env["ONION_MODEL_ALL_BUGS"] = "1"
     session.env["PYTHONASYNCIODEBUG"] = "1"
     session.run(
         "pytest",

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -724,6 +724,11 @@ SETTINGS = settings(
     stateful_step_count=STEPS,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    # No "explain" phase: it traces every line of the TLS code and takes
+    # many minutes.  One bug at a time in the normal suite (each distinct
+    # bug costs up to minutes of shrinking); all of them under the env var.
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+    report_multiple_bugs=bool(os.environ.get("ONION_MODEL_ALL_BUGS")),
 )
 
 
