@@ -76,12 +76,24 @@ def stress(session: nox.Session) -> None:
 
 @nox.session
 def fuzz(session: nox.Session) -> None:
-    """Fuzz the byte-handling code: hypothesis with many more examples, then
+    """Fuzz the byte-handling code and the connection lifecycle model:
+    hypothesis with many more examples, then
     atheris (coverage-guided) for a bounded time; pass libFuzzer flags after
     ``--`` (default ``-max_total_time=300``)."""
     session.install("-e", ".[test]", "atheris")
     session.env["ONION_FUZZ_EXAMPLES"] = "2000"
-    session.run("pytest", "-W", "error", "-p", "no:cacheprovider", "tests/test_fuzz.py")
+    session.env["ONION_MODEL_EXAMPLES"] = "3000"
+    session.env["ONION_MODEL_ALL_BUGS"] = "1"
+    session.env["PYTHONASYNCIODEBUG"] = "1"
+    session.run(
+        "pytest",
+        "-W",
+        "error",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_fuzz.py",
+        "tests/test_lifecycle_model.py",
+    )
     flags = session.posargs or ["-max_total_time=300"]
     session.run("python", "stress/fuzz_atheris.py", *flags)
 
