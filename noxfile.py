@@ -100,8 +100,10 @@ def fuzz(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """onion_tls against asyncio's own TLS, side by side; uvloop too
+    """onion_tls against its peers side by side: asyncio's own TLS (on
+    asyncio and uvloop), Twisted, trio and the blocking ssl.SSLSocket C path
     (benchmarks/bench.py, on the installed package).  Options go after
-    ``--``, e.g. ``nox -s bench -- --quick --depths 1-2``."""
-    session.install(".", "uvloop")
+    ``--``, e.g. ``nox -s bench -- --quick --depths 1-2 --peers twisted``."""
+    # twisted[tls]: pyOpenSSL and service_identity, for TLSMemoryBIOProtocol
+    session.install(".", "uvloop", "twisted[tls]", "trio")
     session.run("python", "benchmarks/bench.py", *session.posargs)

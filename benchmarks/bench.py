@@ -1,75 +1,114 @@
-"""``python benchmarks/bench.py``: onion_tls against asyncio's own TLS, side by side.
+"""``python benchmarks/bench.py``: onion_tls against the best of its peers, side by side.
 
 What runs
 ---------
 
-For each event loop (asyncio, and uvloop when it is installed) the driver
-(this process) starts four worker processes: a server and a client for
-onion_tls, and a server and a client for asyncio's own TLS
-(``loop.create_connection(ssl=)`` / ``loop.create_server(ssl=)`` for the first
-layer, nested ``loop.start_tls`` for the layers inside it).  Servers and
-clients talk over 127.0.0.1.  Every cell of the table is measured for both
-implementations one right after the other, and the rounds alternate which
-one goes first, so both see the same machine load; the table shows the
-median of the rounds and the ratio onion_tls / asyncio.
+Every implementation gets two worker processes, a server and a client, that
+talk over 127.0.0.1:
+
+* ``onion_tls``: on every event loop of ``--loops`` (asyncio, and uvloop
+  when it is installed);
+* the peers (``--peers``, default: all that are installed):
+
+  - ``asyncio``: asyncio's own TLS on every loop of ``--loops`` (the
+    ``uvloop`` column is uvloop's TLS): ``loop.create_connection(ssl=)`` /
+    ``loop.create_server(ssl=)`` for the first layer, nested
+    ``loop.start_tls`` for the layers inside it;
+  - ``twisted``: Twisted's ``TLSMemoryBIOProtocol`` (pyOpenSSL, with its
+    gathering of small writes) on Twisted's default reactor; a layer inside
+    another is a ``TLSMemoryBIOProtocol`` wrapped by the one outside it;
+  - ``trio``: ``trio.SSLStream`` over ``trio.SocketStream``, one
+    ``SSLStream`` over another for the inner layers;
+  - ``sslsocket``: a blocking ``ssl.SSLSocket`` client and server, depth 1
+    only.  The ssl module does TLS and socket I/O in C: it is the ceiling
+    (the "C path"), shown beside the peers but never the best peer.
+
+Every cell is measured on every implementation one right after the other,
+each round starting with a different one, so all see the same machine load.
+The table shows, per cell, the median of the rounds for each implementation,
+the best peer's name and rate, and the ratio onion_tls / best peer (one per
+loop of onion_tls); then the depth-1 sink as a fraction of the C path.  A
+CPU table does the same with client + server CPU time per byte or per
+connection (the best peer is the cheapest one; the ratio is best peer /
+onion_tls, so above 1 means onion_tls is cheaper).
 
 Cells, at every depth asked for:
 
-* ``sink``: the client writes zeros (64 KiB or 1 KiB per ``write()``, with
-  the transport's flow control) for ``--seconds``, then one last write ending
-  in a 1 byte; the server's application counts nothing but answers ``K``
-  when a chunk ends in that byte.  Rate: bytes written / time to the ``K``.
+* ``sink``: the client writes zeros (64 KiB or 1 KiB per write, with the
+  stack's flow control) for ``--seconds``, then one last write ending in a
+  1 byte; the server's application counts nothing but answers ``K`` when a
+  chunk ends in that byte.  Rate: bytes written / time to the ``K``.
 * ``echo``: the server's application writes back every byte it receives; the
   client keeps at most 1 MiB in flight.  Rate: bytes echoed / time.
-* ``plain`` / ``buffered``: the receiving applications are an
-  ``asyncio.Protocol`` or an ``asyncio.BufferedProtocol`` (256 KiB buffer).
+* ``plain`` / ``buffered``: the receiving applications get ``bytes`` (an
+  ``asyncio.Protocol``; Twisted's ``dataReceived``; trio's
+  ``receive_some``; ``SSLSocket.recv``) or fill one 256 KiB buffer (an
+  ``asyncio.BufferedProtocol``; ``SSLSocket.recv_into``).  Twisted and trio
+  have no buffered notion: their buffered cells are ``n/a``, and their plain
+  rate stands for them when the best peer of a buffered cell is chosen
+  (marked ``*``).
 * ``handshake``: connect and establish every layer, one connection at a
   time; the rate is connections per second of establishing (closing is not
   timed).
 
 Every layer is TLS 1.3 with TLS_AES_256_GCM_SHA384 (the cipher each
-connection negotiated is checked).  Before each nested layer the server sends
-one byte ``R`` inside the layer just made, then starts the next layer; the
-client waits for it before its ClientHello.  Both implementations do the
-same, so neither races the other's ``start_tls``.
+connection negotiated is checked) and X25519 (pinned on the pyOpenSSL
+contexts; the ssl module's OpenSSL picks it by default).  Before each nested
+layer the server sends one byte ``R`` inside the layer just made, then starts
+the next layer; the client waits for it before its ClientHello.  Every
+implementation does the same, so none races the other side's ``start_tls``.
 
-Memory: each worker reports its peak RSS; separately, fresh workers open
-``--idle`` connections at depth 2 (plain application, no traffic) and report
-the RSS they grew by, per connection, after a warm-up of 20 connections.
+Memory: each worker reports its peak RSS; separately, fresh onion_tls and
+asyncio workers open ``--idle`` connections at depth 2 (plain application,
+no traffic) and report the RSS they grew by, per connection, after a warm-up
+of 20 connections.
 
 Everything is bounded: each cell runs for ``--seconds`` (plus the time to
 drain), each request to a worker has a time limit, and a worker that misses
-it is killed and its cell reported as failed.
+it is killed (and restarted for the next cell) and its cell reported as
+failed.
 
-The pieces live in :mod:`onion_bench` beside this script: the cells
-(``cells.py``), what the workers run (``workloads.py``), the processes
-(``harness.py``) and the table (``report.py``).  The bench is a development
-tool, not part of the library: it uses only onion_tls's public API, so it
-measures whichever onion_tls is importable (``nox -s bench`` installs the
-checkout and uvloop).
+The pieces live in :mod:`onion_bench` beside this script: the cells and the
+implementations (``cells.py``), what every worker shares (``common.py``),
+what the onion_tls and asyncio workers run (``workloads.py``), the other
+peers (``peer_twisted.py``, ``peer_trio.py``, ``peer_sslsocket.py``), the
+processes (``harness.py``) and the table (``report.py``).  The bench is a
+development tool, not part of the library: it uses only onion_tls's public
+API, so it measures whichever onion_tls is importable (``nox -s bench``
+installs the checkout, uvloop, Twisted and trio).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
 from pathlib import Path
 from typing import IO
 
-from onion_bench.cells import IDLE_DEPTH, build_cells, parse_depths
-from onion_bench.harness import LoopResult, Options, bench_loop, run_worker
+from onion_bench.cells import (
+    IDLE_DEPTH,
+    LOOPS,
+    PEER_MODULES,
+    PEERS,
+    build_cells,
+    build_impls,
+    parse_depths,
+)
+from onion_bench.harness import Options, bench, run_worker
 from onion_bench.report import table
-from onion_bench.workloads import write_certs
 
 __all__ = ["DESCRIPTION", "add_arguments", "main", "run"]
 
 DESCRIPTION = (
-    "Measure onion_tls against asyncio's own TLS (create_connection(ssl=) + nested "
-    "start_tls) side by side: throughput (sink, echo; 64 KiB and 1 KiB writes; "
-    "Protocol and BufferedProtocol apps), handshakes/s, peak and idle memory, at "
-    "depths 1-3, on asyncio and uvloop, server and client in separate processes."
+    "Measure onion_tls against its peers side by side, interleaved: asyncio's own "
+    "TLS (on asyncio and uvloop), Twisted's TLSMemoryBIOProtocol, trio's SSLStream, "
+    "and the blocking ssl.SSLSocket C path (depth 1): throughput (sink, echo; 64 KiB "
+    "and 1 KiB writes; Protocol and BufferedProtocol apps), handshakes/s, CPU per "
+    "byte and per connection, peak and idle memory, at depths 1-3, server and client "
+    "in separate processes; each cell's ratio to the best peer."
 )
 
 
@@ -101,7 +140,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--loops",
         default=None,
-        help="event loops, comma separated: asyncio,uvloop (default: both if uvloop is installed)",
+        help="event loops of onion_tls and asyncio's TLS, comma separated: asyncio,uvloop "
+        "(default: both if uvloop is installed)",
+    )
+    parser.add_argument(
+        "--peers",
+        default=None,
+        help="peers to compare with, comma separated: " + ",".join(PEERS) + " or none "
+        "(default: all that are installed; a missing one is skipped with a note)",
     )
     parser.add_argument(
         "--idle",
@@ -124,21 +170,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
 def _options(args: argparse.Namespace) -> Options:
     quick = bool(args.quick)
+    notes = []
     if args.loops:
         loops = [x.strip() for x in args.loops.split(",") if x.strip()]
     else:
-        loops = ["asyncio"]
-        try:
-            import uvloop  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            loops.append("uvloop")
+        loops = ["asyncio"] + (["uvloop"] if _installed("uvloop") else [])
     for name in loops:
-        if name not in ("asyncio", "uvloop"):
+        if name not in LOOPS:
             raise SystemExit(f"unknown loop {name!r}: use asyncio or uvloop")
+    if "uvloop" in loops and not _installed("uvloop"):
+        raise SystemExit("uvloop is not installed (pip install uvloop)")
+    if args.peers is None:
+        peers = list(PEERS)
+        for peer in PEERS:
+            if peer in PEER_MODULES and not _installed(PEER_MODULES[peer]):
+                peers.remove(peer)
+                notes.append(f"{peer} skipped: {PEER_MODULES[peer]} is not installed")
+    else:
+        peers = [x.strip() for x in args.peers.split(",") if x.strip() not in ("", "none")]
+        for peer in peers:
+            if peer not in PEERS:
+                raise SystemExit(f"unknown peer {peer!r}: use {', '.join(PEERS)} or none")
+            if peer in PEER_MODULES and not _installed(PEER_MODULES[peer]):
+                raise SystemExit(f"{peer} is not installed (pip install {PEER_MODULES[peer]})")
     seconds = args.seconds if args.seconds is not None else (0.2 if quick else 1.0)
     rounds = args.rounds if args.rounds is not None else (1 if quick else 3)
     idle = args.idle if args.idle is not None else (100 if quick else 1000)
@@ -149,34 +209,31 @@ def _options(args: argparse.Namespace) -> Options:
         seconds=seconds,
         rounds=rounds,
         engine=args.engine,
-        loops=loops,
+        impls=build_impls(loops, peers),
         idle=idle,
         only=list(args.only),
         profile=args.profile,
         quick=quick,
+        notes=notes,
     )
 
 
 def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     """Run the benchmark the parsed ``args`` describe; print the table."""
+    from onion_bench.workloads import write_certs  # (loads onion_tls: not in the workers)
+
     opts = _options(args)
-    if "uvloop" in opts.loops:
-        try:
-            import uvloop  # noqa: F401
-        except ImportError:
-            raise SystemExit("uvloop is not installed (pip install uvloop)") from None
+    for note in opts.notes:
+        print(f"note: {note}", file=sys.stderr, flush=True)
     if opts.profile:
         Path(opts.profile).mkdir(parents=True, exist_ok=True)
     cells = build_cells(opts.depths, opts.only)
-    results: dict[str, LoopResult] = {}
     with tempfile.TemporaryDirectory(prefix="onion-bench-") as tmp:
         certs = Path(tmp)
         write_certs(certs, max(max(opts.depths), IDLE_DEPTH))
-        for loop in opts.loops:
-            results[loop] = bench_loop(opts, certs, loop, cells)
+        results = bench(opts, certs, cells)
     print(table(opts, cells, results), file=out or sys.stdout, flush=True)
-    failed = any(r.errors for r in results.values())
-    return 1 if failed else 0
+    return 1 if results.errors else 0
 
 
 def main(argv: list[str] | None = None) -> int:

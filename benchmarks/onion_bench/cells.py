@@ -1,6 +1,7 @@
-"""The matrix of measurements: which cells exist, how they are named, and the
-settings every connection of the bench shares (TLS 1.3 suite, key exchange,
-the depth of the idle-memory figure)."""
+"""The matrix of measurements: which cells exist, which implementations
+(onion_tls and its peers) measure them, how they are named, and the settings
+every connection of the bench shares (TLS 1.3 suite, key exchange, the depth
+of the idle-memory figure)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-IMPLS = ("onion_tls", "asyncio")
+LOOPS = ("asyncio", "uvloop")  # the event loops of onion_tls and asyncio's TLS
+#: The peers onion_tls is compared with (``--peers``).  ``asyncio`` is
+#: asyncio's own TLS on every loop of ``--loops`` (on uvloop: uvloop's TLS);
+#: ``sslsocket`` is the blocking ``ssl.SSLSocket`` at depth 1: the C path, a
+#: ceiling rather than a peer (not a candidate for "best peer").
+PEERS = ("asyncio", "twisted", "trio", "sslsocket")
+#: The Python packages a peer needs in the worker processes.
+PEER_MODULES = {"twisted": "twisted", "trio": "trio"}
 IDLE_DEPTH = 2  # the depth of the idle connections of the memory figure
 CIPHER = "TLS_AES_256_GCM_SHA384"
 GROUP = "X25519"
@@ -54,6 +62,77 @@ class Cell:
     @property
     def cost_scale(self) -> float:
         return 1e3 if self.kind == "handshake" else 1e9
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One column of the table: an implementation (and its event loop)."""
+
+    kind: str  # "onion_tls", "asyncio", "twisted", "trio" or "sslsocket"
+    loop: str = "asyncio"  # the event loop of onion_tls and asyncio's TLS
+
+    @property
+    def name(self) -> str:
+        """``onion_tls``, ``onion_tls+uvloop``, ``asyncio``, ``uvloop``,
+        ``twisted``, ``trio``, ``sslsocket``."""
+        if self.kind == "onion_tls":
+            return "onion_tls" if self.loop == "asyncio" else f"onion_tls+{self.loop}"
+        if self.kind == "asyncio":
+            return self.loop
+        return self.kind
+
+    @property
+    def short(self) -> str:
+        """The column header."""
+        if self.kind == "onion_tls":
+            return "onion" if self.loop == "asyncio" else "onion+uv"
+        return {"sslsocket": "C-path"}.get(self.kind, self.name)
+
+    @property
+    def is_onion(self) -> bool:
+        return self.kind == "onion_tls"
+
+    @property
+    def is_peer(self) -> bool:
+        """A candidate for the best peer (the C path is a ceiling, not a peer)."""
+        return self.kind not in ("onion_tls", "sslsocket")
+
+    @property
+    def has_idle(self) -> bool:
+        """Measured in the idle-memory figure (depth 2, asyncio-style apps)."""
+        return self.kind in ("onion_tls", "asyncio")
+
+    def runs(self, cell: Cell) -> bool:
+        """Whether this implementation measures ``cell``: the C path only at
+        depth 1; Twisted and trio have no BufferedProtocol notion (their
+        applications receive ``bytes``), so only the plain variant."""
+        if self.kind == "sslsocket":
+            return cell.depth == 1
+        if self.kind in ("twisted", "trio"):
+            return cell.app == "plain"
+        return True
+
+    def stand_in(self, cell: Cell) -> Cell | None:
+        """The cell whose rate stands for this implementation in ``cell``'s
+        row when it looks for the best peer: the cell itself, or the plain
+        variant for a peer without a buffered API; None if it has neither."""
+        if self.runs(cell):
+            return cell
+        plain = Cell(cell.kind, cell.size, "plain", cell.depth)
+        return plain if self.runs(plain) else None
+
+
+def build_impls(loops: Sequence[str], peers: Sequence[str]) -> list[Impl]:
+    """onion_tls on every loop, then the peers (asyncio on every loop)."""
+    impls = [Impl("onion_tls", loop) for loop in loops]
+    for peer in PEERS:
+        if peer not in peers:
+            continue
+        if peer == "asyncio":
+            impls.extend(Impl("asyncio", loop) for loop in loops)
+        else:
+            impls.append(Impl(peer))
+    return impls
 
 
 def build_cells(depths: Iterable[int], only: Sequence[str] = ()) -> list[Cell]:

@@ -1,6 +1,8 @@
-"""What runs inside the worker processes: the TLS contexts, the client and
-server applications, how each implementation (onion_tls, asyncio's own TLS)
-serves and connects through its layers, and the measurements themselves.
+"""What runs inside the onion_tls and asyncio worker processes: the client
+and server applications, how each of the two (onion_tls, asyncio's own TLS)
+serves and connects through its layers, the measurements themselves, and
+the server and client sides the harness drives.  (The other peers live in
+``peer_twisted.py``, ``peer_trio.py`` and ``peer_sslsocket.py``.)
 
 Only onion_tls's public API is used (``onion_tls.wrap``, the transport's
 ``start_tls``/``set_protocol``, ``onion_tls.testing.OnionCA``).
@@ -10,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import ssl
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -20,20 +20,26 @@ from typing import TYPE_CHECKING, Any, cast
 from onion_tls import wrap
 from onion_tls.testing import OnionCA
 
-from .cells import CIPHER, GROUP, IDLE_DEPTH, Cell, hostname
+from .cells import IDLE_DEPTH, Cell, hostname
+from .common import (
+    BATCH,
+    CLOSE_TIMEOUT,
+    ECHO_WINDOW,
+    HOST,
+    MAX_HANDSHAKES,
+    MB,
+    READ_BUFFER,
+    pyopenssl_context,
+    rss,
+    stdlib_context,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
-__all__ = ["MEASURE", "Kit", "idle_close", "idle_open", "peak_rss", "rss", "write_certs"]
+__all__ = ["AsyncioClient", "AsyncioServer", "Kit", "write_certs"]
 
-_HOST = "127.0.0.1"
-_READ_BUFFER = 256 * 1024  # a BufferedProtocol application's buffer
-_BATCH = 256 * 1024  # bytes written per loop iteration before yielding
-_ECHO_WINDOW = 1024 * 1024  # bytes in flight in the echo cells
-_MAX_HANDSHAKES = 5000  # per handshake cell
 _IDLE_CONCURRENCY = 16
-_MB = 1e6
 
 
 # -- certificates and contexts ----------------------------------------------------
@@ -46,59 +52,6 @@ def write_certs(directory: Path, depths: int) -> None:
     for depth in range(1, depths + 1):
         leaf = ca.server_cert(depth)
         leaf.private_key_and_cert_chain_pem.write_to_path(str(directory / f"server{depth}.pem"))
-
-
-def _stdlib_context(certs: Path, depth: int | None) -> ssl.SSLContext:
-    """A TLS 1.3 context: a server's for ``depth``, or a client's (None)."""
-    if depth is None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(str(certs / "ca.pem"))
-    else:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(str(certs / f"server{depth}.pem"))
-    # The ssl module cannot choose TLS 1.3 suites; OpenSSL's default order
-    # puts TLS_AES_256_GCM_SHA384 first (checked per connection).
-    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_3
-    return ctx
-
-
-def _pyopenssl_context(certs: Path, depth: int | None) -> object:
-    from OpenSSL import SSL
-
-    ctx = SSL.Context(SSL.TLS_METHOD)
-    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
-    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
-    ctx.set_tls13_ciphersuites(CIPHER.encode())
-    _same_key_exchange(ctx)
-    if depth is None:
-        ctx.load_verify_locations(str(certs / "ca.pem"))
-        ctx.set_verify(SSL.VERIFY_PEER)
-    else:
-        pem = str(certs / f"server{depth}.pem")
-        ctx.use_certificate_chain_file(pem)
-        ctx.use_privatekey_file(pem)
-    return ctx
-
-
-def _same_key_exchange(ctx: Any) -> None:
-    """X25519, as the ssl module's OpenSSL picks: pyOpenSSL runs on the
-    OpenSSL that ``cryptography`` bundles, whose default (OpenSSL >= 3.5) is
-    the hybrid X25519MLKEM768, which costs more per handshake; the bench
-    compares the layering, not the key exchanges.  pyOpenSSL has no public
-    call for it; skipped if its binding lacks the function."""
-    # The benchmarks' only use of pyOpenSSL's private cffi binding
-    # (``OpenSSL._util.lib`` and ``Context._context``), kept in this one
-    # function.  It is the benchmark's own: onion_tls's private modules
-    # (its ``_openssl_ffi``) are not imported from here.  Without the
-    # binding the pyOpenSSL contexts keep OpenSSL's default groups.
-    try:
-        from OpenSSL._util import lib
-    except ImportError:  # pragma: no cover - another pyOpenSSL
-        return
-    set_list = getattr(lib, "SSL_CTX_set1_curves_list", None)
-    native = getattr(ctx, "_context", None)
-    if set_list is not None and native is not None:
-        set_list(native, GROUP.encode())
 
 
 # -- what the measurements run over -------------------------------------------------
@@ -154,7 +107,7 @@ class _PlainClient(_Client, asyncio.Protocol):
 class _BufferedClient(_Client, asyncio.BufferedProtocol):
     def __init__(self) -> None:
         super().__init__()
-        self._view = memoryview(bytearray(_READ_BUFFER))
+        self._view = memoryview(bytearray(READ_BUFFER))
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
@@ -206,7 +159,7 @@ class _SinkPlain(_Server, asyncio.Protocol):
 class _SinkBuffered(_Server, asyncio.BufferedProtocol):
     def __init__(self) -> None:
         super().__init__()
-        self._buf = bytearray(_READ_BUFFER)
+        self._buf = bytearray(READ_BUFFER)
         self._view = memoryview(self._buf)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -294,7 +247,7 @@ class Kit:
         self.tasks: set[asyncio.Task[None]] = set()
         self.idle: list[tuple[asyncio.Transport, _Client]] = []
         onion_pyopenssl = impl == "onion_tls" and engine == "pyopenssl"
-        make = _pyopenssl_context if onion_pyopenssl else _stdlib_context
+        make = pyopenssl_context if onion_pyopenssl else stdlib_context
         # ssl.SSLContext or OpenSSL.SSL.Context
         self.client_ctx: Any = make(certs, None)
         self.server_ctx: dict[int, Any] = {d: make(certs, d) for d in range(1, depths + 1)}
@@ -314,12 +267,12 @@ class Kit:
                 return _AsyncioClimb(self, depth, factory)
 
             server: asyncio.Server = await loop.create_server(
-                make_asyncio, _HOST, 0, ssl=self.server_ctx[1], backlog=1024
+                make_asyncio, HOST, 0, ssl=self.server_ctx[1], backlog=1024
             )
             return server
 
         return await loop.create_server(
-            wrap(lambda: _OnionClimb(self, depth, factory)), _HOST, 0, backlog=1024
+            wrap(lambda: _OnionClimb(self, depth, factory)), HOST, 0, backlog=1024
         )
 
     # clients
@@ -331,7 +284,7 @@ class Kit:
             assert isinstance(ctx, ssl.SSLContext)
             proto: asyncio.BaseProtocol = app if depth == 1 else _Setup()
             transport, _ = await loop.create_connection(
-                lambda: proto, _HOST, port, ssl=ctx, server_hostname=hostname(1)
+                lambda: proto, HOST, port, ssl=ctx, server_hostname=hostname(1)
             )
             for d in range(2, depth + 1):
                 assert isinstance(proto, _Setup)
@@ -345,7 +298,7 @@ class Kit:
             return transport
 
         setup = _Setup(first=(ctx, hostname(1)))
-        await loop.create_connection(wrap(lambda: setup), _HOST, port)
+        await loop.create_connection(wrap(lambda: setup), HOST, port)
         onion = setup.transport
         assert setup.started is not None
         await setup.started
@@ -359,7 +312,7 @@ class Kit:
     async def close(self, transport: asyncio.Transport, app: _Client) -> None:
         transport.close()
         try:
-            await asyncio.wait_for(asyncio.shield(app.lost), 5.0)
+            await asyncio.wait_for(asyncio.shield(app.lost), CLOSE_TIMEOUT)
         except TimeoutError:
             transport.abort()
 
@@ -450,7 +403,7 @@ async def _sink(kit: Kit, port: int, cell: Cell, seconds: float) -> dict[str, An
     cipher = _cipher_of(t)
     size = cell.size
     chunk = bytes(size)
-    batch = max(1, _BATCH // size)
+    batch = max(1, BATCH // size)
     sent = 0
     cpu = time.process_time()
     start = time.perf_counter()
@@ -473,7 +426,7 @@ async def _sink(kit: Kit, port: int, cell: Cell, seconds: float) -> dict[str, An
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu
     await kit.close(t, app)
-    return {"value": sent / elapsed / _MB, "cipher": cipher, "cpu": cpu, "work": sent}
+    return {"value": sent / elapsed / MB, "cipher": cipher, "cpu": cpu, "work": sent}
 
 
 async def _echo(kit: Kit, port: int, cell: Cell, seconds: float) -> dict[str, Any]:
@@ -482,14 +435,14 @@ async def _echo(kit: Kit, port: int, cell: Cell, seconds: float) -> dict[str, An
     cipher = _cipher_of(t)
     size = cell.size
     chunk = bytes(size)
-    batch = max(1, _BATCH // size)
+    batch = max(1, BATCH // size)
     sent = 0
     cpu = time.process_time()
     start = time.perf_counter()
     deadline = start + seconds
     while time.perf_counter() < deadline:
         n = 0
-        while n < batch and not app.paused and sent - app.received < _ECHO_WINDOW:
+        while n < batch and not app.paused and sent - app.received < ECHO_WINDOW:
             t.write(chunk)
             sent += size
             n += 1
@@ -502,7 +455,7 @@ async def _echo(kit: Kit, port: int, cell: Cell, seconds: float) -> dict[str, An
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu
     await kit.close(t, app)
-    return {"value": sent / elapsed / _MB, "cipher": cipher, "cpu": cpu, "work": sent}
+    return {"value": sent / elapsed / MB, "cipher": cipher, "cpu": cpu, "work": sent}
 
 
 async def _handshakes(kit: Kit, port: int, cell: Cell, seconds: float) -> dict[str, Any]:
@@ -511,7 +464,7 @@ async def _handshakes(kit: Kit, port: int, cell: Cell, seconds: float) -> dict[s
     cipher = "?"
     cpu = time.process_time()
     end = time.perf_counter() + seconds
-    while count < 3 or (time.perf_counter() < end and count < _MAX_HANDSHAKES):
+    while count < 3 or (time.perf_counter() < end and count < MAX_HANDSHAKES):
         app = _PlainClient()
         t0 = time.perf_counter()
         t = await kit.connect(port, cell.depth, app)
@@ -552,22 +505,75 @@ async def idle_close(kit: Kit) -> dict[str, Any]:
 
 MEASURE = {"sink": _sink, "echo": _echo, "handshake": _handshakes}
 
-# -- memory of this process ----------------------------------------------------------
+
+# -- the sides the harness drives ------------------------------------------------------
 
 
-def rss() -> int:
-    """Resident memory now, in bytes."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return peak_rss()
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if name == "uvloop":
+        import uvloop  # optional: only when installed
+
+        return cast("Callable[[], asyncio.AbstractEventLoop]", uvloop.new_event_loop)
+    return asyncio.new_event_loop
 
 
-def peak_rss() -> int:
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not POSIX
-        return 0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
+class AsyncioServer:
+    """The server side of onion_tls or asyncio's TLS, on the spec's loop."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self._kit = Kit(spec["impl"], spec["engine"], Path(spec["certs"]), spec["depths"])
+        self._loop_name = spec["loop"]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Future[None] | None = None
+
+    def run(self, listeners: list[str], ready: Callable[[dict[str, int]], None]) -> None:
+        with asyncio.Runner(loop_factory=_loop_factory(self._loop_name)) as runner:
+            runner.run(self._main(listeners, ready))
+
+    async def _main(self, listeners: list[str], ready: Callable[[dict[str, int]], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = self._loop.create_future()
+        servers = {name: await self._kit.serve(name) for name in listeners}
+        ready({name: s.sockets[0].getsockname()[1] for name, s in servers.items()})
+        await self._stopped
+        for server in servers.values():
+            server.close()
+
+    def stop(self) -> None:
+        loop, stopped = self._loop, self._stopped
+        if loop is None or stopped is None:
+            return
+
+        def done() -> None:
+            if not stopped.done():
+                stopped.set_result(None)
+
+        loop.call_soon_threadsafe(done)
+
+
+class AsyncioClient:
+    """The client side of onion_tls or asyncio's TLS: one loop for the
+    worker's life (the idle connections outlive a command)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self._kit = Kit(spec["impl"], spec["engine"], Path(spec["certs"]), spec["depths"])
+        self._runner = asyncio.Runner(loop_factory=_loop_factory(spec["loop"]))
+
+    def request(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        what = cmd["cmd"]
+        coro: Coroutine[Any, Any, dict[str, Any]]
+        if what == "run":
+            cell = Cell(**cmd["cell"])
+            coro = MEASURE[cell.kind](self._kit, cmd["port"], cell, cmd["seconds"])
+        elif what == "idle_open":
+            coro = idle_open(self._kit, cmd["port"], cmd["count"])
+        elif what == "idle_close":
+            coro = idle_close(self._kit)
+        else:
+            coro = _rss_now()
+        return self._runner.run(coro)
+
+
+async def _rss_now() -> dict[str, Any]:
+    gc.collect()
+    return {"rss": rss()}
