@@ -56,7 +56,7 @@ import onion_tls
 from onion_tls.testing import OnionCA
 
 HOST = "127.0.0.1"
-SERVE_FLAGS = ("impl", "engines", "loop", "ports", "backlog", "release_buffers", "tracemalloc")
+SERVE_FLAGS = ("impl", "engines", "loop", "ports", "backlog", "max_data", "tracemalloc")
 
 
 # -- measuring a process --------------------------------------------------------
@@ -233,6 +233,10 @@ async def read_frame(s: Stream) -> bytes:
     return payload
 
 
+def answer(payload: bytes) -> bytes:
+    return hashlib.sha512(payload).digest() + payload[::-1]
+
+
 def contexts(ca: OnionCA, args: argparse.Namespace, server: bool) -> dict[int, Any]:
     """The context of each depth.  ``mixed`` (onion_tls only) is the engines
     alternating as the test suite does: server stdlib at depth 1 and
@@ -245,12 +249,7 @@ def contexts(ca: OnionCA, args: argparse.Namespace, server: bool) -> dict[int, A
             engine = "pyopenssl"
         else:
             engine = ("pyopenssl", "stdlib")[d % 2 if server else (d + 1) % 2]
-        ctx = ca.server_context(d, engine) if server else ca.client_context(engine)  # type: ignore[arg-type]
-        if args.release_buffers and engine == "pyopenssl":
-            from OpenSSL import SSL
-
-            ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
-        out[d] = ctx
+        out[d] = ca.server_context(d, engine) if server else ca.client_context(engine)  # type: ignore[arg-type]
     return out
 
 
@@ -300,9 +299,8 @@ class Server(Stream):
                         self.transport = await loop.start_tls(
                             self.transport, self, w.ctx[2], server_side=True
                         )
-                elif line == b"DATA":
-                    payload = await read_frame(self)
-                    self.transport.write(frame(hashlib.sha512(payload).digest() + payload[::-1]))
+                elif line == b"DATA":  # (no local keeps the payload while idle)
+                    self.transport.write(frame(answer(await read_frame(self))))
                 else:
                     raise AssertionError(f"unexpected line {line!r}")
         except ConnectionError:
@@ -414,7 +412,6 @@ class Load:
 
     async def client(self, i: int, port: int, gate: asyncio.Semaphore) -> None:
         loop = asyncio.get_running_loop()
-        rng = random.Random(i)
         onion = self.args.impl == "onion"
         s: Stream | None = None
         arrived = False
@@ -439,15 +436,15 @@ class Load:
                     if await s.read_line() != b"OK":
                         raise AssertionError("no OK")
                     if onion:
-                        layer = await s.transport.start_tls(
-                            self.ctx[depth], server_hostname=self.ca.hostname(depth)
-                        )
-                        assert layer.depth == depth
+                        ctx, name = self.ctx[depth], self.ca.hostname(depth)
+                        got = (await s.transport.start_tls(ctx, server_hostname=name)).depth
+                        if got != depth:
+                            raise AssertionError(f"layer of depth {got}, not {depth}")
                     else:
                         s.transport = await loop.start_tls(
                             s.transport, s, self.ctx[2], server_hostname=self.ca.hostname(2)
                         )
-                await self.exchange(s, rng)
+                await self.exchange(s, 2 * i)
                 assert not onion or len(s.transport.layers) == 2
             self.at_depth2 += 1
             arrived = True
@@ -459,7 +456,7 @@ class Load:
                     for _ in (2, 1):
                         await s.transport.stop_tls()
                     assert not s.transport.layers
-                    await self.exchange(s, rng)
+                    await self.exchange(s, 2 * i + 1)
                 s.transport.close()
                 exc = await s.lost
                 if exc is not None:
@@ -475,13 +472,16 @@ class Load:
             if s is not None:
                 self.open_now -= 1
 
-    async def exchange(self, s: Stream, rng: random.Random) -> None:
+    async def exchange(self, s: Stream, seed: int) -> None:
+        """Checksummed data both ways; ``seed`` makes the payload (a random
+        size up to --max-data), so nothing of it is kept while idle."""
+        rng = random.Random(seed)
         payload = rng.randbytes(rng.randint(1, self.args.max_data))
+        del rng
         s.transport.write(b"DATA\n" + frame(payload))
-        answer = await read_frame(s)
-        if answer != hashlib.sha512(payload).digest() + payload[::-1]:
+        if await read_frame(s) != answer(payload):
             raise AssertionError("wrong answer")
-        self.bytes_checked += len(payload) + len(answer)
+        self.bytes_checked += 2 * len(payload) + 64
 
     async def run(self) -> int:
         args = self.args
@@ -622,14 +622,6 @@ def main() -> int:
         choices=("mixed", "stdlib", "pyopenssl"),
         default="mixed",
         help="onion_tls's engines (mixed: alternating per depth)",
-    )
-    parser.add_argument(
-        "--release-buffers",
-        type=lambda v: v in ("1", "True", "true", "yes"),
-        nargs="?",
-        const=True,
-        default=False,
-        help="set SSL_MODE_RELEASE_BUFFERS on the pyOpenSSL contexts (an experiment)",
     )
     parser.add_argument("--ports", type=int, default=1, help="listening ports")
     parser.add_argument("--backlog", type=int, default=4096)
