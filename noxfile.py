@@ -61,15 +61,30 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def stress(session: nox.Session) -> None:
     """Long runs, each bounded and stopping by itself: thousands of seeded
-    fault cases, 1,000 concurrent two-layer loopback connections, 10,000
-    connect/push/pop/close cycles with memory measured.  Pick some with
-    ``nox -s stress -- faults load leaks``."""
+    fault cases, 10,000 concurrent two-layer loopback connections (server in
+    a second process; asyncio's loop, then uvloop; RSS per idle connection
+    measured), 10,000 connect/push/pop/close cycles with memory measured.
+    Pick some with ``nox -s stress -- faults load leaks``; ``load-baseline``
+    runs the load on asyncio's own TLS for comparison."""
     session.install("-e", ".[test]")
     wanted = set(session.posargs) or {"faults", "load", "leaks"}
     if "faults" in wanted:
         session.run("python", "stress/faults.py", "--count", "3000")
-    if "load" in wanted:
-        session.run("python", "stress/load.py", "--connections", "1000")
+    if "load" in wanted or "load-baseline" in wanted:
+        session.install("uvloop")
+        impls = [i for i, w in (("onion", "load"), ("asyncio", "load-baseline")) if w in wanted]
+        for impl in impls:
+            for loop in ("asyncio", "uvloop"):
+                session.run(
+                    "python",
+                    "stress/load.py",
+                    "--connections",
+                    "10000",
+                    "--loop",
+                    loop,
+                    "--impl",
+                    impl,
+                )
     if "leaks" in wanted:
         session.run("python", "stress/leaks.py", "--cycles", "10000", "--progress")
 
