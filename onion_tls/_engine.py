@@ -26,8 +26,6 @@ What the two libraries report differently is made the same here:
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import sys
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -439,13 +437,3 @@ def _sni_from_hello(body: bytes) -> str | None:
     except (IndexError, UnicodeDecodeError):
         pass
     return None
-
-
-# -- SSLKEYLOGFILE ------------------------------------------------------------------
-
-
-def keylog_path() -> str | None:
-    """The ``SSLKEYLOGFILE`` path, unless Python runs with -E."""
-    if sys.flags.ignore_environment:
-        return None
-    return os.environ.get("SSLKEYLOGFILE") or None

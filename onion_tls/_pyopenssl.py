@@ -55,11 +55,10 @@ from ._engine import (
     ClientHelloSNI,
     EngineError,
     PeerClosed,
-    keylog_path,
     peercert_dict,
     verify_error_text,
 )
-from ._log import logger
+from ._log import keylog_path, logger
 
 if TYPE_CHECKING:
     from cryptography import x509

@@ -18,7 +18,6 @@ peer's bytes.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from . import _buffers
 from ._chain import Chain
 from ._engine import new_engine
 from ._layer import Layer
+from ._log import logger
 from ._view import TLSLayer
 from .errors import (
     HandshakeError,
@@ -39,8 +39,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
 __all__ = ["OnionProtocol", "OnionTransport", "wrap"]
-
-logger = logging.getLogger("onion_tls")
 
 _DEFAULT_HIGH = 64 * 1024
 # Gathering small writes (layers only): a write of less than this...

@@ -42,11 +42,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import ssl as _ssl
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from ._log import logger
 from ._transport import OnionProtocol, OnionTransport
 from .errors import LayerStateError, TruncatedError
 
@@ -61,7 +61,6 @@ if TYPE_CHECKING:
 
 __all__ = ["StreamWriter", "open_connection", "start_server"]
 
-logger = logging.getLogger("onion_tls")
 
 _DEFAULT_LIMIT = 2**16  # 64 KiB, as asyncio
 
