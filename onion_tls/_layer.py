@@ -55,6 +55,7 @@ from typing import Protocol
 from . import _buffers
 from ._engine import Engine, EngineError, PeerClosed
 from ._records import RecordFramer
+from ._sni import ClientHelloSNI
 from .errors import HandshakeError, OnionError, TLSProtocolError
 
 __all__ = ["AppEnd", "ChainEvents", "Layer", "LayerState", "Node"]
@@ -147,6 +148,10 @@ class Layer:
         #: The public read-only view (:class:`onion_tls.TLSLayer`).
         self.view: object = None
         self._framer = RecordFramer()
+        #: On a server layer: the host name the client sent as SNI, read from
+        #: its ClientHello (the records are fed to the reader until it knows).
+        self.requested_server_name: str | None = None
+        self._sni = ClientHelloSNI() if engine.server_side else None
         self._pending: deque[bytes | bytearray | memoryview] = deque()
         self.pending_size = 0
 
@@ -213,6 +218,7 @@ class Layer:
         """
         framer = self._framer
         engine = self.engine
+        sni = self._sni
         buf: bytearray | None = None
         view = _EMPTY
         used = 0
@@ -226,6 +232,11 @@ class Layer:
                     if framer.error is not None and self.state in _READING:
                         self._garbage(framer.error)
                     return
+                if sni is not None:
+                    sni.feed_record(record)
+                    if sni.done:
+                        self.requested_server_name = sni.name
+                        self._sni = sni = None
                 engine.feed(record)
                 if self.state is LayerState.HANDSHAKING:
                     self._handshake_step()

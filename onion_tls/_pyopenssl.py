@@ -51,14 +51,10 @@ from typing import TYPE_CHECKING, Any
 from OpenSSL import SSL
 
 from . import _log
-from ._engine import (
-    ClientHelloSNI,
-    EngineError,
-    PeerClosed,
-    peercert_dict,
-    verify_error_text,
-)
+from ._engine import EngineError, PeerClosed
 from ._log import keylog_path, logger
+from ._peercert import peercert_dict
+from ._verify import verify_error_text
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -213,7 +209,6 @@ class PyOpenSSLEngine:
         self._handshake_done = False
         self._full_handshake = False
         self._tickets = 0
-        self._sni = ClientHelloSNI() if server_side else None
         if keylog_path() is not None:
             _install_keylog(context)  # before the Connection: see _install_keylog
         conn = SSL.Connection(context, None)
@@ -331,9 +326,6 @@ class PyOpenSSLEngine:
     # -- the engine interface -------------------------------------------------
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        sni = self._sni
-        if sni is not None and not sni.done:
-            sni.feed(data)
         if self._direct:
             size = len(data)
             if size and _lib.BIO_write(self._rbio, _ffi.from_buffer(data), size) != size:
@@ -458,9 +450,6 @@ class PyOpenSSLEngine:
                 return out
 
     # -- what the layer view reports ------------------------------------------
-
-    def requested_server_name(self) -> str | None:
-        return self._sni.name if self._sni is not None else None
 
     def version(self) -> str | None:
         if not self._handshake_done:

@@ -26,14 +26,9 @@ import ssl
 from typing import TYPE_CHECKING, Any, cast
 
 from . import _log
-from ._engine import (
-    NAME_MISMATCH_CODES,
-    ClientHelloSNI,
-    EngineError,
-    PeerClosed,
-    verify_error_text,
-)
+from ._engine import EngineError, PeerClosed
 from ._log import keylog_path, logger
+from ._verify import NAME_MISMATCH_CODES, verify_error_text
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -73,7 +68,6 @@ class StdlibEngine:
         self.server_side = server_side
         self.server_hostname = server_hostname
         self.depth = 0
-        self._sni = ClientHelloSNI() if server_side else None
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         if session is not None and not isinstance(session, ssl.SSLSession):
@@ -112,9 +106,6 @@ class StdlibEngine:
     # -- the engine interface -------------------------------------------------
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        sni = self._sni
-        if sni is not None and not sni.done:
-            sni.feed(data)
         self._in.write(data)
 
     def do_handshake(self) -> bool:
@@ -190,9 +181,6 @@ class StdlibEngine:
         return self._out.read() if self._out.pending else b""
 
     # -- what the layer view reports ------------------------------------------
-
-    def requested_server_name(self) -> str | None:
-        return self._sni.name if self._sni is not None else None
 
     def version(self) -> str | None:
         return self._obj.version()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _buffers
 from ._chain import Chain
-from ._engine import new_engine
+from ._engines import new_engine
 from ._layer import Layer
 from ._log import logger
 from ._view import TLSLayer
@@ -294,7 +294,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             (engine.cipher() or ("?",))[0],
             engine.session_reused(),
             engine.alpn_protocol(),
-            engine.requested_server_name() if engine.server_side else engine.server_hostname,
+            layer.requested_server_name if engine.server_side else engine.server_hostname,
         )
         if op is not None:
             op.resolve(layer.view)  # type: ignore[arg-type]

@@ -66,10 +66,10 @@ class TLSLayer:
         unless it is an IP address, and checked against the certificate).
         On a server layer, the host name the client sent as SNI (read from
         its ClientHello, as sent: an IDN in its ``xn--`` form), or None."""
-        engine = self._layer.engine
-        if engine.server_side:
-            return engine.requested_server_name()
-        return engine.server_hostname
+        layer = self._layer
+        if layer.engine.server_side:
+            return layer.requested_server_name
+        return layer.engine.server_hostname
 
     @property
     def engine(self) -> str:

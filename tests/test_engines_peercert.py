@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
-from onion_tls._engine import peercert_dict
+from onion_tls._peercert import peercert_dict
 
 from .test_engines_kit import (
     PlainCA,

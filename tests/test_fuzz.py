@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from onion_tls import OnionError
 from onion_tls._chain import Chain
-from onion_tls._engine import new_engine
+from onion_tls._engines import new_engine
 from onion_tls._layer import Layer, LayerState
 from onion_tls._records import HEADER_SIZE, MAX_RECORD_BODY, RecordFramer, check_header
 from onion_tls.testing import ENGINES, OnionCA
