@@ -42,9 +42,9 @@ def new_engine(
     except ImportError:  # pragma: no cover - pyOpenSSL is a dependency
         SSL = None  # type: ignore[assignment]
     if SSL is not None and isinstance(context, SSL.Context):
-        from ._pyopenssl import PyOpenSSLEngine
+        from ._pyopenssl import pyopenssl_engine
 
-        return PyOpenSSLEngine(
+        return pyopenssl_engine(
             context,
             server_side=server_side,
             server_hostname=server_hostname,
