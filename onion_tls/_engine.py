@@ -51,7 +51,8 @@ class Engine(Protocol):
     engine_name: str
     server_side: bool
     server_hostname: str | None
-    #: The layer's depth, for log lines (set once the layer is spliced in).
+    #: The depth of the layer this engine runs (for log lines), given at
+    #: construction: :meth:`onion_tls._chain.Chain.next_depth`.
     depth: int
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:

@@ -23,8 +23,10 @@ def new_engine(
     server_side: bool,
     server_hostname: str | None,
     session: object | None,
+    depth: int,
 ) -> Engine:
-    """Build the engine that fits ``context``'s type."""
+    """Build the engine that fits ``context``'s type, for the layer that
+    will be at ``depth``."""
     if session is not None and server_side:
         raise ValueError(
             "session is only meaningful for a client layer: a server resumes "
@@ -36,6 +38,7 @@ def new_engine(
             server_side=server_side,
             server_hostname=server_hostname,
             session=session,
+            depth=depth,
         )
     try:
         from OpenSSL import SSL
@@ -49,6 +52,7 @@ def new_engine(
             server_side=server_side,
             server_hostname=server_hostname,
             session=session,
+            depth=depth,
         )
     raise TypeError(
         f"context must be an ssl.SSLContext or an OpenSSL.SSL.Context, not {type(context).__name__}"

@@ -56,6 +56,7 @@ from . import _buffers
 from ._engine import Engine, EngineError, PeerClosed
 from ._records import RecordFramer
 from ._sni import ClientHelloSNI
+from ._view import TLSLayer
 from .errors import HandshakeError, OnionError, TLSProtocolError
 
 __all__ = ["AppEnd", "ChainEvents", "Layer", "LayerState", "Node"]
@@ -133,10 +134,10 @@ class Layer:
     outer: Node
     inner: Node
 
-    def __init__(self, events: ChainEvents, engine: Engine, depth: int) -> None:
+    def __init__(self, events: ChainEvents, engine: Engine) -> None:
         self.events = events
         self.engine = engine
-        self.depth = depth
+        self.depth = engine.depth
         self.state = LayerState.HANDSHAKING
         #: The application asked to stop this layer before it was open.
         self.stop_requested = False
@@ -145,13 +146,13 @@ class Layer:
         #: Bytes after the peer's close_notify: they belong beneath.
         self.held = bytearray()
         self.error: OnionError | None = None
-        #: The public read-only view (:class:`onion_tls.TLSLayer`).
-        self.view: object = None
         self._framer = RecordFramer()
         #: On a server layer: the host name the client sent as SNI, read from
         #: its ClientHello (the records are fed to the reader until it knows).
         self.requested_server_name: str | None = None
         self._sni = ClientHelloSNI() if engine.server_side else None
+        #: The public read-only view (:class:`onion_tls.TLSLayer`).
+        self.view = TLSLayer(self)
         self._pending: deque[bytes | bytearray | memoryview] = deque()
         self.pending_size = 0
 

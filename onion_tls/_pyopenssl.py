@@ -140,11 +140,12 @@ class PyOpenSSLEngine:
         server_side: bool,
         server_hostname: str | None,
         session: object | None,
+        depth: int,
     ) -> None:
         self._context = context
         self.server_side = server_side
         self.server_hostname = server_hostname
-        self.depth = 0
+        self.depth = depth
         self._verify_failure: str | None = None
         #: OpenSSL checks the server's name itself (X509_VERIFY_PARAM, as
         #: the ssl module does), during chain verification; else our verify
@@ -477,11 +478,18 @@ def pyopenssl_engine(
     server_side: bool,
     server_hostname: str | None,
     session: object | None,
+    depth: int,
 ) -> PyOpenSSLEngine:
     """The pyOpenSSL engine: on the direct path when pyOpenSSL's private
     binding is there (:func:`onion_tls._openssl_ffi.available`)."""
     cls = DirectPyOpenSSLEngine if _openssl_ffi.available() else PyOpenSSLEngine
-    return cls(context, server_side=server_side, server_hostname=server_hostname, session=session)
+    return cls(
+        context,
+        server_side=server_side,
+        server_hostname=server_hostname,
+        session=session,
+        depth=depth,
+    )
 
 
 # The contexts that carry our key-log callback.

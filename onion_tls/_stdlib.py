@@ -63,11 +63,12 @@ class StdlibEngine:
         server_side: bool,
         server_hostname: str | None,
         session: object | None,
+        depth: int,
     ) -> None:
         self._context = context
         self.server_side = server_side
         self.server_hostname = server_hostname
-        self.depth = 0
+        self.depth = depth
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         if session is not None and not isinstance(session, ssl.SSLSession):

@@ -297,7 +297,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             layer.requested_server_name if engine.server_side else engine.server_hostname,
         )
         if op is not None:
-            op.resolve(layer.view)  # type: ignore[arg-type]
+            op.resolve(layer.view)
 
     def layer_abandoned(self, layer: Layer, exc: OnionError) -> None:
         logger.debug("layer %d: abandoned: %s", layer.depth, exc)
@@ -313,7 +313,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         self._shutdown_timeouts.pop(layer, None)
         op, self._stop = self._stop, None
         if op is not None:
-            op.resolve(layer.view)  # type: ignore[arg-type]
+            op.resolve(layer.view)
 
     def failed(self, exc: OnionError) -> None:
         logger.debug("failed: %s", exc)
@@ -407,10 +407,9 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             server_side=server_side,
             server_hostname=server_hostname,
             session=session,
+            depth=self._chain.next_depth(),
         )
         layer = self._chain.push(engine)
-        engine.depth = layer.depth
-        layer.view = TLSLayer(layer)
         self._shutdown_timeouts[layer] = close_timeout
         fut: asyncio.Future[TLSLayer] = loop.create_future()
         fut.add_done_callback(_retrieve)
@@ -433,7 +432,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             popped = self._chain.pop_after_end()
             if popped is not None:
                 done: asyncio.Future[TLSLayer] = self._loop.create_future()
-                done.set_result(popped.view)  # type: ignore[arg-type]
+                done.set_result(popped.view)
                 return done
         loop = self._require_loop()
         t = _check_timeout("timeout", timeout)
@@ -711,7 +710,7 @@ class OnionTransport(asyncio.Transport):
     @property
     def layers(self) -> tuple[TLSLayer, ...]:
         """The current layers, outermost first; ``()`` when plaintext."""
-        return tuple(layer.view for layer in self._p._chain.layers())  # type: ignore[misc]
+        return tuple(layer.view for layer in self._p._chain.layers())
 
     # -- asyncio.BaseTransport ----------------------------------------------
 

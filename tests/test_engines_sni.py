@@ -22,7 +22,9 @@ def _client_hello(ca: OnionCA, engine: Any, server_hostname: str | None) -> byte
     ctx = ca.client_context(engine)
     if engine == "stdlib":
         ctx.check_hostname = False
-    client = new_engine(ctx, server_side=False, server_hostname=server_hostname, session=None)
+    client = new_engine(
+        ctx, server_side=False, server_hostname=server_hostname, session=None, depth=1
+    )
     assert client.do_handshake() is False
     hello = client.take_output()
     assert hello[0] == 22 and hello[5] == 1
@@ -92,6 +94,7 @@ def test_server_layers_read_a_fragmented_client_hello(
         server_side=True,
         server_hostname=None,
         session=None,
+        depth=chain.next_depth(),
     )
     layer: Layer = chain.push(engine)
     chain.begin(layer, b"")
@@ -99,6 +102,7 @@ def test_server_layers_read_a_fragmented_client_hello(
     for i in range(0, len(stream), 23):  # records split across reads, too
         chain.feed(stream[i : i + 23])
     assert layer.requested_server_name == "layer1.onion.test"
+    assert layer.view.server_hostname == "layer1.onion.test"
     reply = bytes(hooks.out)
     assert reply[0] == 22 and reply[5] == 2  # ServerHello: the engine took it too
 

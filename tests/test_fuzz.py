@@ -212,7 +212,13 @@ class Side:
         self.chain = Chain(self.hooks)  # type: ignore[arg-type]
 
     def push(self, ctx: Any, *, server_side: bool, hostname: str | None = None) -> Layer:
-        engine = new_engine(ctx, server_side=server_side, server_hostname=hostname, session=None)
+        engine = new_engine(
+            ctx,
+            server_side=server_side,
+            server_hostname=hostname,
+            session=None,
+            depth=self.chain.next_depth(),
+        )
         layer = self.chain.push(engine)
         self.chain.begin(layer, b"")
         return layer
