@@ -405,11 +405,10 @@ class MemoryPipe:
                 return
 
     def _step_one(self, src: MemoryTransport) -> bool:
-        flush = getattr(src.protocol, "_send_gathered", None)
-        if flush is not None:
+        if isinstance(src.protocol, OnionProtocol):
             # Like a turn of the loop: small writes an onion stack gathered
             # go out before the pipe moves bytes.
-            flush()
+            src.protocol.send_gathered()
         dst = src.peer
         if src._lost:
             return False
