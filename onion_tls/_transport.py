@@ -302,6 +302,13 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
     # named so as not to clash with what a subclass adds.
 
     @property
+    def layer_chain(self) -> Chain:
+        """The sans-IO chain of this connection (package-internal: for the
+        test suite and tools that look inside; applications use
+        :attr:`OnionTransport.layers`)."""
+        return self._chain
+
+    @property
     def raw_transport(self) -> asyncio.Transport | None:
         """The raw transport: None before connection_made() and after
         connection_lost() (kept during it, so the application may still ask

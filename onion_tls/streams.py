@@ -6,7 +6,7 @@ Theory of operation
 
 The reader is a plain ``asyncio.StreamReader``; the writer is this module's
 :class:`StreamWriter`.  Between them and the :class:`~onion_tls.OnionTransport`
-sits :class:`_StreamProtocol`, our own version of asyncio's
+sits :class:`StreamProtocol`, our own version of asyncio's
 ``StreamReaderProtocol``: it feeds the reader, answers flow control for
 ``drain()``, and gives the writer to ``client_connected_cb``.
 
@@ -152,7 +152,7 @@ class _StreamReader(asyncio.StreamReader):
 # -- the protocol -------------------------------------------------------------
 
 
-class _StreamProtocol(asyncio.Protocol):
+class StreamProtocol(asyncio.Protocol):
     """asyncio's StreamReaderProtocol, made aware of layers."""
 
     def __init__(
@@ -188,6 +188,12 @@ class _StreamProtocol(asyncio.Protocol):
         self._drain_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     # -- asyncio.Protocol ---------------------------------------------------
+
+    @property
+    def writer(self) -> StreamWriter | None:
+        """The writer, once connected (package-internal: for
+        ``onion_tls.testing``'s in-memory stream pairs)."""
+        return self._writer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, OnionTransport), "use onion_tls.wrap()"
@@ -355,7 +361,7 @@ class StreamWriter:
     def __init__(
         self,
         transport: OnionTransport,
-        protocol: _StreamProtocol,
+        protocol: StreamProtocol,
         reader: asyncio.StreamReader,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
@@ -595,12 +601,12 @@ async def open_connection(
     reader = _StreamReader(limit=limit, loop=loop)
 
     def factory() -> OnionProtocol:
-        return OnionProtocol(_StreamProtocol(reader))
+        return OnionProtocol(StreamProtocol(reader))
 
     # (typeshed splits host/port and sock= into two overloads)
     _, onion = await loop.create_connection(factory, host, port, **kwds)  # type: ignore[arg-type]
     app = onion.transport.get_protocol()
-    assert isinstance(app, _StreamProtocol) and app._writer is not None
+    assert isinstance(app, StreamProtocol) and app._writer is not None
     writer = app._writer
     context = _client_context(ssl)
     if context:
@@ -651,7 +657,7 @@ async def start_server(
 
     def factory() -> OnionProtocol:
         reader = _StreamReader(limit=limit, loop=loop)
-        proto = _StreamProtocol(
+        proto = StreamProtocol(
             reader,
             client_connected_cb,
             server_ssl=ssl or None,

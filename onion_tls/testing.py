@@ -731,7 +731,7 @@ class _OpenPair:
         await self._pair.aclose()
 
     async def _open(self) -> StreamPair:
-        from .streams import _StreamProtocol
+        from .streams import StreamProtocol
 
         kw = self._kw
         loop = asyncio.get_running_loop()
@@ -743,12 +743,12 @@ class _OpenPair:
         )
         creader = asyncio.StreamReader(limit=kw["limit"], loop=loop)
         sreader = asyncio.StreamReader(limit=kw["limit"], loop=loop)
-        cproto = _StreamProtocol(creader)
-        sproto = _StreamProtocol(sreader, accepted=True)
+        cproto = StreamProtocol(creader)
+        sproto = StreamProtocol(sreader, accepted=True)
         pipe.connect(OnionProtocol(cproto), OnionProtocol(sproto))
-        assert cproto._writer is not None and sproto._writer is not None
-        client = Stream(creader, cproto._writer)
-        server = Stream(sreader, sproto._writer)
+        assert cproto.writer is not None and sproto.writer is not None
+        client = Stream(creader, cproto.writer)
+        server = Stream(sreader, sproto.writer)
         task = None
         if self._handler is not None:
             task = loop.create_task(_run_handler(self._handler, server))

@@ -85,7 +85,7 @@ def engine_of(mode: str) -> Engine:
 def check_engine_path(mode: str, *onions: OnionProtocol) -> None:
     """Every layer runs on the engine path the test asked for."""
     for onion in onions:
-        layers = onion._chain.layers()
+        layers = onion.layer_chain.layers()
         assert layers, "no layer to check"
         for layer in layers:
             assert layer.engine.engine_name == engine_of(mode)
