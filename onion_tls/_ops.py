@@ -3,12 +3,12 @@
 Owns what the application awaits while a layer changes: per handshake and
 per pop an :class:`Op` (the layer, its timer, the futures handed out), the
 layers' shutdown timeouts for ``close()``, and failing every future when
-the connection ends.  The chain decides *when* a handshake or a pop ends;
-this module only tells the waiters.  Timeouts call back into the adapter,
-which breaks the chain.
+the connection ends.  It begins handshakes and pops on the chain; the chain
+decides *when* they end, and this module tells the waiters.  A timeout
+breaks the connection through the ``fail`` it is given (``Chain.fail``).
 
-Imports: asyncio, :mod:`._layer` (the Layer type), :mod:`._view`,
-:mod:`.errors`.
+Imports: asyncio, :mod:`._log`, :mod:`._chain`, :mod:`._engine` and
+:mod:`._layer` (types), :mod:`._view` (the type), :mod:`.errors`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,14 @@ import asyncio
 import math
 from typing import TYPE_CHECKING, Any
 
-from .errors import HandshakeError, OnionError
+from ._log import logger
+from .errors import HandshakeError, HandshakeTimeoutError, OnionError, TLSTimeoutError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ._chain import Chain
+    from ._engine import Engine
     from ._layer import Layer
     from ._view import TLSLayer
 
@@ -85,7 +88,9 @@ class LayerOps:
     """The handshakes under way (one per layer), the pop under way (at most
     one), and each layer's shutdown timeout."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail: Callable[[OnionError], None]) -> None:
+        #: Breaks the connection (when a handshake or a pop times out).
+        self._fail = fail
         self._starts: dict[Layer, Op] = {}
         self._stop: Op | None = None
         self._shutdown_timeouts: dict[Layer, float | None] = {}
@@ -100,64 +105,96 @@ class LayerOps:
     def start(
         self,
         loop: asyncio.AbstractEventLoop,
-        layer: Layer,
+        chain: Chain,
+        engine: Engine,
+        initial_bytes: bytes,
         timeout: float | None,
         shutdown_timeout: float | None,
-        on_timeout: Callable[[Layer, float], None],
     ) -> asyncio.Future[TLSLayer]:
-        """Register ``layer``'s handshake; ``on_timeout(layer, timeout)`` is
-        called if it is still running after ``timeout`` seconds."""
+        """Push a layer running ``engine`` and begin its handshake, timed by
+        ``timeout``; ``shutdown_timeout`` bounds close() while it is on."""
+        layer = chain.push(engine)
         self._shutdown_timeouts[layer] = shutdown_timeout
         op = self._starts[layer] = Op(layer)
         fut = op.waiter(loop)
         if timeout is not None:
-            op.timer = loop.call_later(timeout, on_timeout, layer, timeout)
+            op.timer = loop.call_later(timeout, self._handshake_timeout, layer, timeout)
+        logger.debug(
+            "layer %d: handshake started (%s, %s%s)",
+            layer.depth,
+            "server" if engine.server_side else "client",
+            engine.engine_name,
+            f", server_hostname={engine.server_hostname!r}" if engine.server_hostname else "",
+        )
+        chain.begin(layer, initial_bytes)
         return fut
 
-    def handshaking(self, layer: Layer) -> bool:
-        return layer in self._starts
+    def _handshake_timeout(self, layer: Layer, timeout: float) -> None:
+        if layer in self._starts:
+            self._fail(
+                HandshakeTimeoutError(
+                    f"the handshake did not finish within {timeout:g} s (timeout)",
+                    depth=layer.depth,
+                )
+            )
 
     def handshake_done(self, layer: Layer) -> None:
         op = self._starts.pop(layer, None)
+        engine = layer.engine
+        logger.debug(
+            "layer %d: handshake done (%s, %s, %s, %s, resumed=%s, alpn=%s, sni=%s)",
+            layer.depth,
+            "server" if engine.server_side else "client",
+            engine.engine_name,
+            engine.version(),
+            (engine.cipher() or ("?",))[0],
+            engine.session_reused(),
+            engine.alpn_protocol(),
+            layer.requested_server_name if engine.server_side else engine.server_hostname,
+        )
         if op is not None:
             op.resolve(layer.view)
 
     # -- pops -------------------------------------------------------------------
 
-    def stop_waiter(
-        self, loop: asyncio.AbstractEventLoop, layer: Layer | None
-    ) -> asyncio.Future[TLSLayer] | None:
-        """Another future for the pop of ``layer`` already under way, or None."""
-        if self._stop is not None and layer is self._stop.layer:
-            return self._stop.waiter(loop)
-        return None
-
-    def begin_stop(self, loop: asyncio.AbstractEventLoop, layer: Layer) -> asyncio.Future[TLSLayer]:
-        """Register the pop of ``layer`` (before the chain begins it: it may
-        end at once)."""
+    def stop(
+        self, loop: asyncio.AbstractEventLoop, chain: Chain, timeout: float | None
+    ) -> tuple[asyncio.Future[TLSLayer], bool]:
+        """Begin the pop of the innermost layer, timed by ``timeout``; while
+        one is under way, another future for the same pop.  Returns the
+        future and whether a pop began."""
+        layer = chain.innermost()
+        stop = self._stop
+        if stop is not None and layer is stop.layer and not chain.finishing:
+            return stop.waiter(loop), False  # the same pop: one more waiter
+        if layer is None:
+            self._stop = None
+            chain.stop_tls()  # raises: there is no layer
+            raise AssertionError("unreachable")  # pragma: no cover
+        # Registered before the chain begins the pop: it may end at once.
         op = self._stop = Op(layer)
-        return op.waiter(loop)
+        fut = op.waiter(loop)
+        try:
+            chain.stop_tls()
+        except BaseException:
+            self._stop = None
+            raise
+        logger.debug("layer %d: stop_tls (close_notify sent or queued)", layer.depth)
+        if self._stop is op and timeout is not None:
+            op.timer = loop.call_later(timeout, self._shutdown_timeout, layer, timeout)
+        return fut, True
 
-    def forget_stop(self) -> None:
-        """The chain refused the stop."""
-        self._stop = None
-
-    def arm_stop(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        layer: Layer,
-        timeout: float | None,
-        on_timeout: Callable[[Layer, float], None],
-    ) -> None:
-        """Time the pop of ``layer`` if it is still under way."""
-        op = self._stop
-        if op is not None and op.layer is layer and timeout is not None:
-            op.timer = loop.call_later(timeout, on_timeout, layer, timeout)
-
-    def stopping(self, layer: Layer) -> bool:
-        return self._stop is not None and self._stop.layer is layer
+    def _shutdown_timeout(self, layer: Layer, timeout: float) -> None:
+        if self._stop is not None and self._stop.layer is layer:
+            self._fail(
+                TLSTimeoutError(
+                    f"the peer did not answer close_notify within {timeout:g} s (timeout)",
+                    depth=layer.depth,
+                )
+            )
 
     def popped(self, layer: Layer) -> None:
+        logger.debug("layer %d: popped (unwrapped)", layer.depth)
         self._shutdown_timeouts.pop(layer, None)
         op, self._stop = self._stop, None
         if op is not None:
@@ -167,6 +204,7 @@ class LayerOps:
 
     def abandoned(self, layer: Layer, exc: OnionError) -> None:
         """``layer`` will never finish its handshake or its pop."""
+        logger.debug("layer %d: abandoned: %s", layer.depth, exc)
         op = self._starts.pop(layer, None)
         if op is not None:
             op.reject(exc)

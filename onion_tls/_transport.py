@@ -7,6 +7,7 @@ are thin: the layer logic lives in the sans-IO chain (:mod:`._chain`), and
 the adapter's other jobs in a module each:
 
 * :mod:`._ops` - the futures and timers of ``start_tls``/``stop_tls``;
+* :mod:`._deliver` - handing data and EOFs to the application protocol;
 * :mod:`._gather` - small writes of one turn of the loop leave together;
 * :mod:`._flow` - flow control: the write membrane, reading kept in step;
 * :mod:`._buffers` - the scratch buffer lent to the loop for one read.
@@ -17,8 +18,8 @@ What is left here is the wiring: the loop's callbacks, the chain's hooks
 methods (plain names, documented as such), never its fields.
 
 Imports: asyncio; :mod:`._buffers`, :mod:`._log`, :mod:`._engines`,
-:mod:`._layer`, :mod:`._view`, :mod:`._chain`, :mod:`._flow`,
-:mod:`._gather`, :mod:`._ops`, :mod:`.errors`.
+:mod:`._layer`, :mod:`._view`, :mod:`._chain`, :mod:`._deliver`,
+:mod:`._flow`, :mod:`._gather`, :mod:`._ops`, :mod:`.errors`.
 """
 
 from __future__ import annotations
@@ -28,18 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 from . import _buffers
 from ._chain import Chain
+from ._deliver import AppDelivery
 from ._engines import new_engine
 from ._flow import ReadSync, WriteFlow
 from ._gather import WriteGatherer
 from ._log import logger
 from ._ops import LayerOps, check_timeout
 from ._view import TLSLayer
-from .errors import (
-    HandshakeTimeoutError,
-    LayerStateError,
-    OnionError,
-    TLSTimeoutError,
-)
+from .errors import LayerStateError, OnionError, TLSTimeoutError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -73,13 +70,12 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
     """
 
     def __init__(self, app_protocol: asyncio.BaseProtocol) -> None:
-        self._app: asyncio.BaseProtocol = app_protocol
-        self._buffered = isinstance(app_protocol, asyncio.BufferedProtocol)
+        self._app = AppDelivery(app_protocol)
         self._raw: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lost = False
         self._chain = Chain(self)
-        self._ops = LayerOps()
+        self._ops = LayerOps(self._chain.fail)
         self._write_flow = WriteFlow()
         self._read_sync = ReadSync()
         self._gather = WriteGatherer(
@@ -100,7 +96,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         self._raw = transport  # type: ignore[assignment]
         self._loop = asyncio.get_running_loop()
         self._gather.attach(self._loop)
-        self._app.connection_made(self.transport)
+        self._app.protocol.connection_made(self.transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._read_loan.lend()
@@ -133,7 +129,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             err = OnionError("the connection was closed while a layer was changing")
         self._ops.fail_all(err)
         try:
-            self._app.connection_lost(err)  # type: ignore[arg-type]
+            self._app.protocol.connection_lost(err)  # type: ignore[arg-type]
         finally:
             self._raw = None
 
@@ -153,48 +149,20 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             raw.write(data)
 
     def deliver_data(self, data: bytes | bytearray | memoryview) -> None:
-        app = self._app
-        if not self._buffered:
-            app.data_received(data if type(data) is bytes else bytes(data))  # type: ignore[attr-defined]
-            return
-        view = memoryview(data)
-        chain = self._chain
-        while view:
-            if chain.delivery_paused:
-                # The application paused reading from buffer_updated(): the
-                # rest waits, first in line, for resume_reading().
-                chain.deliver_later(bytes(view))
-                return
-            buf = app.get_buffer(len(view))  # type: ignore[attr-defined]
-            n = min(len(buf), len(view))
-            if n == 0:
-                raise RuntimeError("get_buffer() returned an empty buffer")
-            memoryview(buf)[:n] = view[:n]
-            app.buffer_updated(n)  # type: ignore[attr-defined]
-            view = view[n:]
+        self._app.data(data, self._chain)
 
     def app_buffer(self, size: int) -> memoryview | None:
-        if not self._buffered:
-            return None
-        buf = self._app.get_buffer(size)  # type: ignore[attr-defined]
-        view = memoryview(buf)
-        if view.readonly:
-            raise TypeError("get_buffer() returned a read-only buffer")
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
-        if not view:
-            raise RuntimeError("get_buffer() returned an empty buffer")
-        return view
+        return self._app.buffer(size)
 
     def app_buffer_filled(self, nbytes: int) -> None:
-        self._app.buffer_updated(nbytes)  # type: ignore[attr-defined]
+        self._app.filled(nbytes)
 
     def deliver_eof(self) -> bool | None:
-        keep_open = self._app.eof_received()  # type: ignore[attr-defined]
+        keep_open = self._app.eof()
         # The chain may close the connection now (a false answer): what the
         # application wrote this turn goes first.
         self._gather.flush()
-        return keep_open  # type: ignore[no-any-return]
+        return keep_open
 
     def schedule_flush(self) -> None:
         if not self._flush_scheduled and self._loop is not None and not self._lost:
@@ -208,26 +176,12 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             self._after_chain_change()
 
     def handshake_done(self, layer: Layer) -> None:
-        engine = layer.engine
-        logger.debug(
-            "layer %d: handshake done (%s, %s, %s, %s, resumed=%s, alpn=%s, sni=%s)",
-            layer.depth,
-            "server" if engine.server_side else "client",
-            engine.engine_name,
-            engine.version(),
-            (engine.cipher() or ("?",))[0],
-            engine.session_reused(),
-            engine.alpn_protocol(),
-            layer.requested_server_name if engine.server_side else engine.server_hostname,
-        )
         self._ops.handshake_done(layer)
 
     def layer_abandoned(self, layer: Layer, exc: OnionError) -> None:
-        logger.debug("layer %d: abandoned: %s", layer.depth, exc)
         self._ops.abandoned(layer, exc)
 
     def layer_popped(self, layer: Layer) -> None:
-        logger.debug("layer %d: popped (unwrapped)", layer.depth)
         self._ops.popped(layer)
 
     def failed(self, exc: OnionError) -> None:
@@ -265,24 +219,6 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             )
         )
 
-    def _handshake_timeout(self, layer: Layer, timeout: float) -> None:
-        if self._ops.handshaking(layer):
-            self._chain.fail(
-                HandshakeTimeoutError(
-                    f"the handshake did not finish within {timeout:g} s (timeout)",
-                    depth=layer.depth,
-                )
-            )
-
-    def _shutdown_timeout(self, layer: Layer, timeout: float) -> None:
-        if self._ops.stopping(layer):
-            self._chain.fail(
-                TLSTimeoutError(
-                    f"the peer did not answer close_notify within {timeout:g} s (timeout)",
-                    depth=layer.depth,
-                )
-            )
-
     # -- flow control -------------------------------------------------------------
 
     def _after_chain_change(self) -> None:
@@ -293,7 +229,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         queued = self._chain.queued_size() + self._gather.size()
         paused = self._write_flow.update(queued, lost=self._lost)
         if paused is not None:
-            self._write_flow.tell(paused, self._app, self._loop, self.transport)
+            self._write_flow.tell(paused, self._app.protocol, self._loop, self.transport)
 
     # -- package-internal: what OnionTransport asks for ----------------------------
     #
@@ -322,11 +258,10 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
 
     @property
     def app_protocol(self) -> asyncio.BaseProtocol:
-        return self._app
+        return self._app.protocol
 
     def set_app_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._app = protocol
-        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+        self._app.set_protocol(protocol)
 
     def gathered_size(self) -> int:
         """Bytes of small writes gathered this turn, not yet in the chain."""
@@ -398,16 +333,9 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             session=session,
             depth=self._chain.next_depth(),
         )
-        layer = self._chain.push(engine)
-        fut = self._ops.start(loop, layer, timeout, close_timeout, self._handshake_timeout)
-        logger.debug(
-            "layer %d: handshake started (%s, %s%s)",
-            layer.depth,
-            "server" if server_side else "client",
-            engine.engine_name,
-            f", server_hostname={server_hostname!r}" if server_hostname else "",
+        fut = self._ops.start(
+            loop, self._chain, engine, bytes(initial_bytes), timeout, close_timeout
         )
-        self._chain.begin(layer, bytes(initial_bytes))
         self._after_chain_change()
         return fut
 
@@ -422,24 +350,9 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         loop = self._require_loop()
         t = check_timeout("timeout", timeout)
         self._gather.flush()  # written before the stop: inside the layer
-        layer = chain.innermost()
-        if not chain.finishing:
-            same = self._ops.stop_waiter(loop, layer)
-            if same is not None:  # the same pop: one more waiter for it
-                return same
-        if layer is None:
-            self._ops.forget_stop()
-            chain.stop_tls()  # raises: no layer
-            raise AssertionError("unreachable")  # pragma: no cover
-        fut = self._ops.begin_stop(loop, layer)
-        try:
-            chain.stop_tls()
-        except BaseException:
-            self._ops.forget_stop()
-            raise
-        logger.debug("layer %d: stop_tls (close_notify sent or queued)", layer.depth)
-        self._ops.arm_stop(loop, layer, t, self._shutdown_timeout)
-        self._after_chain_change()
+        fut, begun = self._ops.stop(loop, chain, t)
+        if begun:
+            self._after_chain_change()
         return fut
 
     def _require_loop(self) -> asyncio.AbstractEventLoop:
