@@ -60,6 +60,9 @@ The same backlog holds data while the application has paused reading.
 
 The chain has no clock and no event loop; the adapter
 (:mod:`onion_tls._transport`) owns timers, futures and flow control.
+
+Imports: :mod:`._engine` (the type), :mod:`._layer`, :mod:`.errors` - never
+asyncio.
 """
 
 from __future__ import annotations
@@ -422,10 +425,6 @@ class Chain:
             tail.paused = False
             if tail.waiting:
                 self.hooks.schedule_flush()
-
-    @property
-    def deliveries_waiting(self) -> bool:
-        return self.tail.waiting
 
     def flush_deliveries(self) -> None:
         """Hand the application what waits for it (as far as it takes it)."""

@@ -5,6 +5,9 @@ Owns :func:`new_engine`.  It sits above both engines (:mod:`._stdlib`,
 imports it back.  pyOpenSSL's engine is imported the first time a pyOpenSSL
 context is given: an application that only uses ``ssl.SSLContext`` never
 loads it.
+
+Imports: :mod:`._engine`, :mod:`._stdlib`, :mod:`._pyopenssl` (when first
+needed).
 """
 
 from __future__ import annotations

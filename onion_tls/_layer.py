@@ -44,6 +44,10 @@ Lifecycle (:class:`LayerState`), moved only by :meth:`_set_state`::
 The layer reports to its chain (``on_handshake_done``, ``on_peer_closed``,
 ``on_closed``, ``on_failed``) after it has updated its own state, never in
 the middle of a transition.
+
+Imports: :mod:`._buffers`, :mod:`._engine`, :mod:`._records`, :mod:`._sni`,
+:mod:`._view`, :mod:`.errors` - never asyncio, never an engine module (the
+chain's caller picks the engine).
 """
 
 from __future__ import annotations

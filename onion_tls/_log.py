@@ -8,6 +8,10 @@ payload-debug switch is on: :func:`set_payload_debug` or the environment
 variable ``ONION_TLS_DEBUG_PAYLOAD=1`` (read at import, ignored under
 ``python -E``).  With the switch on, each layer logs the plaintext it
 encrypts and decrypts (the first :data:`PAYLOAD_LIMIT` bytes of each piece).
+
+Owns the ``onion_tls`` logger (every module logs through it), the
+payload switch and the ``SSLKEYLOGFILE`` path.  Imports nothing from the
+package.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ __all__ = [
     "NAME_ERRORS",
     "Binding",
     "available",
+    "set_groups",
     "verify_result",
 ]
 
@@ -106,6 +107,19 @@ def verify_result(conn: SSL.Connection) -> int:
         return int(_lib.SSL_get_verify_result(conn._ssl))
     except Exception:  # noqa: BLE001 - only ever costs the detail
         return 0
+
+
+def set_groups(context: SSL.Context, groups: str) -> bool:
+    """``SSL_CTX_set1_curves_list``: the key-exchange groups a context
+    offers, e.g. ``"X25519"`` (for ``benchmarks/``: the OpenSSL that
+    ``cryptography`` bundles prefers a hybrid post-quantum group that costs
+    more per handshake than the ssl module's).  Public fallback: none
+    (pyOpenSSL has no such call): False, the context is left as it is."""
+    set_list = getattr(_lib, "SSL_CTX_set1_curves_list", None)
+    native = getattr(context, "_context", None)
+    if set_list is None or native is None:
+        return False
+    return bool(set_list(native, groups.encode()) == 1)
 
 
 class Binding:

@@ -18,6 +18,9 @@ connection made with that context logs its secrets there.
 The views' answers keep the stdlib's own values: ``peercert`` is exactly
 ``getpeercert()`` (``{}`` for a peer that was not verified), ``cipher`` is
 ``cipher()``, as asyncio's TLS transport gives them.
+
+Imports: :mod:`._engine` (the interface it implements), :mod:`._log`,
+:mod:`._verify`.
 """
 
 from __future__ import annotations

@@ -45,6 +45,8 @@ Example::
         ssl=True,                       # push the origin's TLS too
     )
     assert len(writer.layers) == 3    # proxy 1, proxy 2, example.org
+
+Imports: :mod:`._log`, :mod:`.errors`, :mod:`.streams`.
 """
 
 from __future__ import annotations

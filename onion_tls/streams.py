@@ -36,6 +36,10 @@ Two rules make one reader last across layer changes:
 flag; the two helpers that do (:func:`_take_buffer`, :func:`_reopen`) touch
 ``_buffer``/``_eof``, which are the same on Python 3.11 to 3.13, and a test
 checks they still exist.
+
+Imports: asyncio, :mod:`._log`, :mod:`._transport`, :mod:`._view`,
+:mod:`.errors`.  :class:`StreamProtocol` (not in ``__all__``) is
+package-internal: :mod:`onion_tls.testing` builds stream pairs with it.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ Example::
         pair.client.writer.write(b"ping\n")
         assert await pair.server.reader.readline() == b"ping\n"
         await pair.aclose()
+
+Imports: :mod:`._transport`, :mod:`._view`, :mod:`.errors`,
+:mod:`.streams` (for :func:`stream_pair`); trustme.
 """
 
 from __future__ import annotations
