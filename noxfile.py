@@ -24,7 +24,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    """ruff, then import-linter: imports only go downward through the
+    package's floors and the sans-IO core never imports asyncio (the
+    contracts are in pyproject.toml, [tool.importlinter])."""
+    session.install("ruff", "import-linter")
     paths = [
         p
         for p in ("onion_tls", "tests", "examples", "stress", "docs", "benchmarks", "noxfile.py")
@@ -32,6 +35,7 @@ def lint(session: nox.Session) -> None:
     ]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
+    session.run("lint-imports")
 
 
 @nox.session

@@ -4,6 +4,12 @@ Wrap any asyncio protocol; push TLS layers under its transport with
 ``transport.start_tls()`` and pop them with ``transport.stop_tls()``.  Or use
 the streams: ``open_connection``/``start_server`` give a writer with
 ``start_tls()``/``stop_tls()``.
+
+Which file answers which question: :mod:`onion_tls._transport` (the asyncio
+adapter) sits on :mod:`onion_tls._chain` (the layers and the connection's
+lifecycle), which sits on :mod:`onion_tls._layer` (one TLS session) and the
+engines; DESIGN.md's layout lists every module, and ``lint-imports``
+(``nox -s lint``) keeps imports going only downward.
 """
 
 from ._log import set_payload_debug

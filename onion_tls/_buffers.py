@@ -14,13 +14,21 @@ outer one still holds its buffer; an application may feed another
 connection synchronously from ``data_received``): each use then simply gets
 a different buffer.  A buffer that is never given back (an error between
 ``get_buffer`` and ``buffer_updated``) is collected like any object.
+:class:`Loan` is the adapter's side of one socket read: the event loop's
+``get_buffer``/``buffer_updated`` pair.
+
+Imports nothing from the package.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
-__all__ = ["BUFFER_SIZE", "give", "take"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["BUFFER_SIZE", "Loan", "give", "take"]
 
 #: Size of every scratch buffer: one socket read, or the plaintext of the
 #: records in it.
@@ -49,3 +57,41 @@ def give(buf: bytearray) -> None:
     free = _pool.free
     if len(free) < _KEEP:
         free.append(buf)
+
+
+class Loan:
+    """A scratch buffer lent to the event loop for one read: taken at
+    ``get_buffer``, given back once the bytes read into it were consumed
+    (``buffer_updated``) or when the connection ends without them."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf: bytearray | None = None
+
+    def lend(self) -> memoryview:
+        # A memoryview, not the bytearray: a caller that fills it in pieces
+        # (asyncio's own TLS writes into ``buf[offset:]``) must write into it.
+        buf = self._buf
+        if buf is None:
+            buf = self._buf = take()
+        return memoryview(buf)
+
+    def filled(self, nbytes: int, consume: Callable[[memoryview], None]) -> None:
+        """``nbytes`` were read into the lent buffer: ``consume`` them (valid
+        only during the call), then give the buffer back."""
+        buf = self._buf
+        if buf is None:  # pragma: no cover - the loop always asks first
+            raise RuntimeError("buffer_updated() without get_buffer()")
+        self._buf = None
+        try:
+            with memoryview(buf) as view:
+                consume(view[:nbytes])
+        finally:
+            give(buf)
+
+    def drop(self) -> None:
+        """No more reads: give the buffer back, if one is lent."""
+        buf, self._buf = self._buf, None
+        if buf is not None:
+            give(buf)

@@ -60,6 +60,9 @@ The same backlog holds data while the application has paused reading.
 
 The chain has no clock and no event loop; the adapter
 (:mod:`onion_tls._transport`) owns timers, futures and flow control.
+
+Imports: :mod:`._engine` (the type), :mod:`._layer`, :mod:`.errors` - never
+asyncio.
 """
 
 from __future__ import annotations
@@ -423,10 +426,6 @@ class Chain:
             if tail.waiting:
                 self.hooks.schedule_flush()
 
-    @property
-    def deliveries_waiting(self) -> bool:
-        return self.tail.waiting
-
     def flush_deliveries(self) -> None:
         """Hand the application what waits for it (as far as it takes it)."""
         self.tail.flush()
@@ -508,9 +507,16 @@ class Chain:
 
     # -- splice and pop -------------------------------------------------------
 
+    def next_depth(self) -> int:
+        """The depth the next layer pushed will have (its engine is built
+        for it: :meth:`push`)."""
+        inner = self.innermost()
+        return inner.depth + 1 if inner is not None else 1
+
     def push(self, engine: Engine) -> Layer:
-        """Splice a new innermost layer in.  The caller then calls
-        :meth:`begin` (after it has registered its future)."""
+        """Splice a new innermost layer in, running ``engine`` (built for
+        :meth:`next_depth`).  The caller then calls :meth:`begin` (after it
+        has registered its future)."""
         self._check_open()
         inner = self.innermost()
         if self.stopping is not None:
@@ -533,7 +539,12 @@ class Chain:
                 "it first and pass what belongs to the new layer as initial_bytes",
                 depth=None if inner is None else inner.depth,
             )
-        layer = Layer(self, engine, inner.depth + 1 if inner is not None else 1)
+        if engine.depth != self.next_depth():
+            raise ValueError(
+                f"the engine was built for depth {engine.depth}, the next layer is "
+                f"at depth {self.next_depth()}"
+            )
+        layer = Layer(self, engine)
         outer = self.tail.outer
         layer.outer = outer
         layer.inner = self.tail

@@ -10,6 +10,9 @@ as it arrives, prefixed with ``<``.
 Lines starting with ``*`` are progress, ``!`` errors, ``<`` received data.
 Exit status: 0 when every step worked, 1 on a connection, handshake or
 ``expect`` failure, 2 on a usage error.
+
+Imports: :mod:`._view`, :mod:`.errors`, :mod:`.proxy`, :mod:`.starttls`,
+:mod:`.streams` (the top of the package, with :mod:`._demo` and the CLI).
 """
 
 from __future__ import annotations

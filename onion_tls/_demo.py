@@ -17,6 +17,9 @@ The echo server's protocol, line based, at any depth:
 * ``STOPTLS`` -> the server unwraps the innermost layer (it speaks first);
 * the peer's close_notify -> the server answers, and the layer is popped;
 * ``BYE`` -> close; any other line -> ``echo at depth N: <line>``.
+
+Imports: :mod:`._view`, :mod:`.errors`, :mod:`.streams`, :mod:`.testing`
+(the top of the package, with :mod:`._cli_client` and the CLI).
 """
 
 from __future__ import annotations

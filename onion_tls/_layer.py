@@ -44,6 +44,10 @@ Lifecycle (:class:`LayerState`), moved only by :meth:`_set_state`::
 The layer reports to its chain (``on_handshake_done``, ``on_peer_closed``,
 ``on_closed``, ``on_failed``) after it has updated its own state, never in
 the middle of a transition.
+
+Imports: :mod:`._buffers`, :mod:`._engine`, :mod:`._records`, :mod:`._sni`,
+:mod:`._view`, :mod:`.errors` - never asyncio, never an engine module (the
+chain's caller picks the engine).
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ from typing import Protocol
 from . import _buffers
 from ._engine import Engine, EngineError, PeerClosed
 from ._records import RecordFramer
+from ._sni import ClientHelloSNI
+from ._view import TLSLayer
 from .errors import HandshakeError, OnionError, TLSProtocolError
 
 __all__ = ["AppEnd", "ChainEvents", "Layer", "LayerState", "Node"]
@@ -132,10 +138,10 @@ class Layer:
     outer: Node
     inner: Node
 
-    def __init__(self, events: ChainEvents, engine: Engine, depth: int) -> None:
+    def __init__(self, events: ChainEvents, engine: Engine) -> None:
         self.events = events
         self.engine = engine
-        self.depth = depth
+        self.depth = engine.depth
         self.state = LayerState.HANDSHAKING
         #: The application asked to stop this layer before it was open.
         self.stop_requested = False
@@ -144,9 +150,13 @@ class Layer:
         #: Bytes after the peer's close_notify: they belong beneath.
         self.held = bytearray()
         self.error: OnionError | None = None
-        #: The public read-only view (:class:`onion_tls.TLSLayer`).
-        self.view: object = None
         self._framer = RecordFramer()
+        #: On a server layer: the host name the client sent as SNI, read from
+        #: its ClientHello (the records are fed to the reader until it knows).
+        self.requested_server_name: str | None = None
+        self._sni = ClientHelloSNI() if engine.server_side else None
+        #: The public read-only view (:class:`onion_tls.TLSLayer`).
+        self.view = TLSLayer(self)
         self._pending: deque[bytes | bytearray | memoryview] = deque()
         self.pending_size = 0
 
@@ -213,6 +223,7 @@ class Layer:
         """
         framer = self._framer
         engine = self.engine
+        sni = self._sni
         buf: bytearray | None = None
         view = _EMPTY
         used = 0
@@ -226,6 +237,11 @@ class Layer:
                     if framer.error is not None and self.state in _READING:
                         self._garbage(framer.error)
                     return
+                if sni is not None:
+                    sni.feed_record(record)
+                    if sni.done:
+                        self.requested_server_name = sni.name
+                        self._sni = sni = None
                 engine.feed(record)
                 if self.state is LayerState.HANDSHAKING:
                     self._handshake_step()

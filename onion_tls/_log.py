@@ -8,6 +8,10 @@ payload-debug switch is on: :func:`set_payload_debug` or the environment
 variable ``ONION_TLS_DEBUG_PAYLOAD=1`` (read at import, ignored under
 ``python -E``).  With the switch on, each layer logs the plaintext it
 encrypts and decrypts (the first :data:`PAYLOAD_LIMIT` bytes of each piece).
+
+Owns the ``onion_tls`` logger (every module logs through it), the
+payload switch and the ``SSLKEYLOGFILE`` path.  Imports nothing from the
+package.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 import os
 import sys
 
-__all__ = ["logger", "payload", "set_payload_debug"]
+__all__ = ["keylog_path", "logger", "payload", "set_payload_debug"]
 
 logger = logging.getLogger("onion_tls")
 
@@ -102,3 +106,11 @@ def alert_text(code: int) -> str:
     level = {1: "warning", 2: "fatal"}.get(code >> 8, f"level {code >> 8}")
     desc = code & 0xFF
     return f"{level} {ALERTS.get(desc, f'alert {desc}')}"
+
+
+def keylog_path() -> str | None:
+    """The ``SSLKEYLOGFILE`` path, unless Python runs with -E (both engines
+    log their secrets there, each in its own way)."""
+    if sys.flags.ignore_environment:
+        return None
+    return os.environ.get("SSLKEYLOGFILE") or None

@@ -7,7 +7,7 @@ Verification.  pyOpenSSL does not check the server's name, so a client layer
 with ``server_hostname`` installs a verify callback on its own connection
 (the caller's context is not touched) and has the name checked during the
 handshake, so a mismatch fails the handshake before the client's Finished
-and OpenSSL sends the peer an alert.  With the direct path (below) OpenSSL
+and OpenSSL sends the peer an alert.  On the direct path (below) OpenSSL
 checks the name itself, with the ssl module's rules (``X509_VERIFY_PARAM``:
 subjectAltName only, no partial wildcards; an IP address against IP SANs)
 and the peer gets ``bad_certificate``, as from the stdlib engine; without it
@@ -18,7 +18,7 @@ context, and verifies even if the context says ``VERIFY_NONE`` (there is no
 ``check_hostname`` to turn off).  Without ``server_hostname`` the context's
 own settings apply.
 
-Resumption.  pyOpenSSL has no public ``SSL_session_reused``.  With the
+Resumption.  pyOpenSSL has no public ``SSL_session_reused``.  On the
 direct path the engine asks OpenSSL (``SSL_session_reused``), and tells that
 a TLS 1.3 ticket arrived by the client's session being replaced (OpenSSL
 makes a new session object per ticket; the handshake's session is held so
@@ -26,7 +26,7 @@ its address cannot be reused meanwhile).  Without it the connection's info
 callback tells instead: a full handshake moves the server's certificate (the
 client reads it, the server writes it), a resumed one does not; the same
 callback sees tickets arrive.  The info callback also logs alerts both ways;
-it costs a Python call per handshake step, so with the direct path it is
+it costs a Python call per handshake step, so on the direct path it is
 installed only while the ``onion_tls`` logger is enabled for DEBUG when the
 layer starts.  It replaces, for this connection, an info callback set on the
 context.
@@ -38,6 +38,21 @@ changing a context after a connection was made from it, so a context already
 used elsewhere first cannot get it (a warning says so).  The callback appends
 to the file named by the variable at the time of each line, and stops
 writing when the variable is unset.
+
+The direct path.  pyOpenSSL's ``Connection`` has no public way to ask how
+much a memory BIO holds, to decrypt into a caller's buffer without an extra
+temporary buffer and copy, or to turn partial writes off; ``recv()`` and
+``bio_read()`` allocate a fresh zeroed buffer per call and raise
+``WantReadError`` each time the BIO runs dry.  :class:`PyOpenSSLEngine`
+uses the public API only; :class:`DirectPyOpenSSLEngine`, a subclass, does
+those few things through pyOpenSSL's private binding, every call of which
+lives in :mod:`onion_tls._openssl_ffi` with its reason and its public
+fallback.  It is for speed only: layer boundaries never depend on it (the
+layer feeds one whole record at a time whatever the engine).
+:func:`pyopenssl_engine` picks the direct one when the binding is there.
+
+Imports: :mod:`._engine` (the interface it implements), :mod:`._log`,
+:mod:`._openssl_ffi`, :mod:`._peercert`, :mod:`._verify`.
 """
 
 from __future__ import annotations
@@ -50,81 +65,23 @@ from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
 
-from . import _log
-from ._engine import (
-    ClientHelloSNI,
-    EngineError,
-    PeerClosed,
-    keylog_path,
-    peercert_dict,
-    verify_error_text,
-)
-from ._log import logger
+from . import _log, _openssl_ffi
+from ._engine import EngineError, PeerClosed
+from ._log import keylog_path, logger
+from ._openssl_ffi import NAME_ERRORS, Binding, verify_result
+from ._peercert import peercert_dict
+from ._verify import verify_error_text
 
 if TYPE_CHECKING:
     from cryptography import x509
     from OpenSSL import crypto
 
-__all__ = ["PyOpenSSLEngine"]
+__all__ = ["DirectPyOpenSSLEngine", "PyOpenSSLEngine", "pyopenssl_engine", "ssl_error_text"]
 
-# Taking ciphertext out of the BIO without the direct path (below): one
-# bio_read() call of this size almost always empties it (a 64 KiB write
-# gives ~64.1 KiB of records).
+# Taking ciphertext out of the BIO through the public API: one bio_read()
+# call of this size almost always empties it (a 64 KiB write gives ~64.1 KiB
+# of records).
 _OUT_CHUNK = 256 * 1024
-
-# The direct path (speed only; layer boundaries never depend on it: the layer
-# feeds one whole record at a time whatever the engine).  pyOpenSSL's
-# Connection has no public way to ask how much a memory BIO holds, to decrypt
-# into a caller's buffer without an extra temporary buffer and copy, or to
-# turn partial writes off; and recv()/bio_read() allocate a fresh zeroed
-# buffer per call, and raise WantReadError each time the BIO runs dry.  The
-# engine therefore calls OpenSSL through the cffi binding pyOpenSSL itself
-# uses, on the SSL object and the two memory BIOs of its own Connection, and
-# leaves every error to pyOpenSSL's own error mapping.  When those internals
-# are missing (another pyOpenSSL), everything goes through the public API.
-try:
-    from OpenSSL._util import ffi as _ffi
-    from OpenSSL._util import lib as _lib
-except ImportError:  # pragma: no cover - another pyOpenSSL
-    _ffi = _lib = None
-_DIRECT_API = _lib is not None and all(
-    hasattr(_lib, name)
-    for name in (
-        "SSL_read",
-        "SSL_write",
-        "SSL_get_error",
-        "SSL_clear_mode",
-        "SSL_set_mode",
-        "SSL_MODE_ENABLE_PARTIAL_WRITE",
-        "SSL_MODE_RELEASE_BUFFERS",
-        "SSL_ERROR_WANT_READ",
-        "BIO_read",
-        "BIO_write",
-        "BIO_get_mem_data",
-        "SSL_session_reused",
-        "SSL_get_session",
-        "SSL_get1_session",
-        "SSL_SESSION_free",
-    )
-)
-_HOST_CHECK_API = _DIRECT_API and all(
-    hasattr(_lib, name)
-    for name in (
-        "SSL_get0_param",
-        "X509_VERIFY_PARAM_set1_host",
-        "X509_VERIFY_PARAM_set1_ip",
-        "X509_VERIFY_PARAM_set_hostflags",
-        "X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS",
-        "X509_CHECK_FLAG_NEVER_CHECK_SUBJECT",
-        "X509_V_ERR_HOSTNAME_MISMATCH",
-        "X509_V_ERR_IP_ADDRESS_MISMATCH",
-    )
-)
-_NAME_ERRORS = (
-    (_lib.X509_V_ERR_HOSTNAME_MISMATCH, _lib.X509_V_ERR_IP_ADDRESS_MISMATCH)
-    if _HOST_CHECK_API
-    else (62, 64)
-)
 _keylog_lock = threading.Lock()
 
 # Info-callback states that only a full handshake goes through (the server's
@@ -165,24 +122,6 @@ def ssl_error_text(exc: SSL.Error) -> tuple[str, bool]:
     return text, any("alert" in r for r in reasons)
 
 
-def _check_name(ssl: Any, host: str) -> bool:
-    """Have OpenSSL check ``host`` (a DNS name or an IP address) against the
-    peer's certificate during chain verification, with the ssl module's
-    rules: subjectAltName only (no common name), no partial wildcards.
-    False if OpenSSL refused the name (the callback then checks it)."""
-    param = _lib.SSL_get0_param(ssl)
-    try:
-        packed = ipaddress.ip_address(host).packed
-    except ValueError:
-        name = host.encode("idna")
-        _lib.X509_VERIFY_PARAM_set_hostflags(
-            param,
-            _lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS | _lib.X509_CHECK_FLAG_NEVER_CHECK_SUBJECT,
-        )
-        return bool(_lib.X509_VERIFY_PARAM_set1_host(param, name, len(name)) == 1)
-    return bool(_lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed)) == 1)
-
-
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -201,11 +140,12 @@ class PyOpenSSLEngine:
         server_side: bool,
         server_hostname: str | None,
         session: object | None,
+        depth: int,
     ) -> None:
         self._context = context
         self.server_side = server_side
         self.server_hostname = server_hostname
-        self.depth = 0
+        self.depth = depth
         self._verify_failure: str | None = None
         #: OpenSSL checks the server's name itself (X509_VERIFY_PARAM, as
         #: the ssl module does), during chain verification; else our verify
@@ -214,24 +154,11 @@ class PyOpenSSLEngine:
         self._handshake_done = False
         self._full_handshake = False
         self._tickets = 0
-        self._sni = ClientHelloSNI() if server_side else None
         if keylog_path() is not None:
             _install_keylog(context)  # before the Connection: see _install_keylog
         conn = SSL.Connection(context, None)
         self._conn = conn
-        self._direct = _DIRECT_API and all(
-            hasattr(conn, name) for name in ("_ssl", "_into_ssl", "_from_ssl", "_raise_ssl_error")
-        )
-        if self._direct:
-            self._ssl = conn._ssl
-            self._rbio = conn._into_ssl
-            self._wbio = conn._from_ssl
-            # A memory BIO never blocks: one SSL_write takes a whole slice
-            # (pyOpenSSL's contexts allow partial writes: a record per call).
-            _lib.SSL_clear_mode(self._ssl, _lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
-            # As the ssl module does: OpenSSL frees its record buffers while
-            # they are empty, so an idle layer holds ~34 KiB less.
-            _lib.SSL_set_mode(self._ssl, _lib.SSL_MODE_RELEASE_BUFFERS)
+        self._bind(conn)
         # TLS 1.2 renegotiation, one policy for both engines (DESIGN rule 14):
         # a server layer refuses a client's (a denial-of-service lever;
         # OpenSSL answers with a no_renegotiation alert), a client layer
@@ -239,9 +166,7 @@ class PyOpenSSLEngine:
         # module do by default (the new certificate is checked as the first).
         if server_side:
             conn.set_options(SSL.OP_NO_RENEGOTIATION)
-        #: Ticket tracking (direct path): the session the handshake made.
-        self._hs_session: Any = None
-        if not self._direct or logger.isEnabledFor(logging.DEBUG):
+        if self._watch_handshake():
             conn.set_info_callback(self._on_info)
         if server_side:
             conn.set_accept_state()
@@ -253,9 +178,7 @@ class PyOpenSSLEngine:
                     conn.set_tlsext_host_name(server_hostname.encode("idna"))
                 mode = context.get_verify_mode() | SSL.VERIFY_PEER
                 conn.set_verify(mode, self._verify)
-                self._name_in_openssl = (
-                    self._direct and _HOST_CHECK_API and _check_name(self._ssl, server_hostname)
-                )
+                self._name_in_openssl = self._name_check(server_hostname)
             if session is not None:
                 if not isinstance(session, SSL.Session):
                     raise TypeError(
@@ -264,6 +187,25 @@ class PyOpenSSLEngine:
                     )
                 conn.set_session(session)
 
+    # -- what the direct path changes (see DirectPyOpenSSLEngine) ----------------
+
+    def _bind(self, conn: SSL.Connection) -> None:
+        """Right after the Connection is made."""
+
+    def _watch_handshake(self) -> bool:
+        """Install the info callback (resumption, tickets, alert logs)."""
+        return True
+
+    def _name_check(self, server_hostname: str) -> bool:
+        """Have OpenSSL check the server's name (else the verify callback)."""
+        return False
+
+    def _recv_into(self, buffer: memoryview) -> int:
+        return self._conn.recv_into(buffer)
+
+    def _send(self, data: bytes | bytearray | memoryview) -> int:
+        return self._conn.send(data)
+
     # -- verification -------------------------------------------------------
 
     def _verify(
@@ -271,8 +213,8 @@ class PyOpenSSLEngine:
     ) -> bool:
         if not ok:
             if self._verify_failure is None:
-                if errno in _NAME_ERRORS and self.server_hostname:
-                    what = "IP address" if errno == _NAME_ERRORS[1] else "hostname"
+                if errno in NAME_ERRORS and self.server_hostname:
+                    what = "IP address" if errno == NAME_ERRORS[1] else "hostname"
                     self._verify_failure = (
                         f"{what} mismatch: certificate is not valid for {self.server_hostname!r}"
                     )
@@ -324,7 +266,7 @@ class PyOpenSSLEngine:
         elif text == "certificate verify failed":
             # Checked by the context's own callback (a server verifying a
             # client certificate): OpenSSL's queue says only that it failed.
-            code = _verify_result(self._conn)
+            code = verify_result(self._conn)
             if code:
                 text = f"certificate verify failed: {verify_error_text(code)}"
         return EngineError(text, alert_received=alert)
@@ -332,15 +274,7 @@ class PyOpenSSLEngine:
     # -- the engine interface -------------------------------------------------
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        sni = self._sni
-        if sni is not None and not sni.done:
-            sni.feed(data)
-        if self._direct:
-            size = len(data)
-            if size and _lib.BIO_write(self._rbio, _ffi.from_buffer(data), size) != size:
-                raise EngineError("out of memory for the incoming TLS data")
-        else:
-            self._conn.bio_write(data)
+        self._conn.bio_write(data)
 
     def do_handshake(self) -> bool:
         try:
@@ -354,10 +288,6 @@ class PyOpenSSLEngine:
         except SSL.Error as exc:
             raise self._error(exc) from None
         self._handshake_done = True
-        if self._direct and not self.server_side:
-            held = _lib.SSL_get1_session(self._ssl)
-            if held != _ffi.NULL:
-                self._hs_session = _ffi.gc(held, _lib.SSL_SESSION_free)
         return True
 
     def read(self, max_bytes: int) -> bytes:
@@ -376,23 +306,10 @@ class PyOpenSSLEngine:
         return data
 
     def read_into(self, buffer: memoryview) -> int:
-        if not self._direct:
-            try:
-                n = self._conn.recv_into(buffer)
-            except SSL.Error as exc:
-                return self._read_error(exc)
-        else:
-            n = _lib.SSL_read(
-                self._ssl, _ffi.from_buffer(buffer, require_writable=True), len(buffer)
-            )
-            if n <= 0:
-                if _lib.SSL_get_error(self._ssl, n) == _lib.SSL_ERROR_WANT_READ:
-                    return 0
-                try:
-                    self._conn._raise_ssl_error(self._ssl, n)
-                except SSL.Error as exc:
-                    return self._read_error(exc)
-                raise EngineError(f"read failed (SSL_read returned {n})")  # pragma: no cover
+        try:
+            n = self._recv_into(buffer)
+        except SSL.Error as exc:
+            return self._read_error(exc)
         if _log.switch.on:
             _log.payload(self.depth, "decrypted", buffer[:n])
         return n
@@ -410,15 +327,7 @@ class PyOpenSSLEngine:
         try:
             if not data:
                 return 0
-            if self._direct:
-                n: int = _lib.SSL_write(self._ssl, _ffi.from_buffer(data), len(data))
-                if n <= 0:
-                    if _lib.SSL_get_error(self._ssl, n) == _lib.SSL_ERROR_WANT_READ:
-                        return 0
-                    self._conn._raise_ssl_error(self._ssl, n)
-                    raise EngineError(f"write failed (SSL_write returned {n})")  # pragma: no cover
-            else:
-                n = self._conn.send(data)
+            n = self._send(data)
         except SSL.WantReadError:
             return 0
         except SSL.Error as exc:
@@ -438,16 +347,6 @@ class PyOpenSSLEngine:
         return True
 
     def take_output(self) -> bytes | bytearray:
-        if self._direct:
-            # Exactly what the BIO holds, copied once into a new buffer that
-            # is handed on and never reused (bio_read() would allocate a
-            # zeroed temporary buffer and copy twice).
-            size = _lib.BIO_get_mem_data(self._wbio, _ffi.NULL)
-            if size <= 0:
-                return b""
-            buf = bytearray(size)
-            _lib.BIO_read(self._wbio, _ffi.from_buffer(buf), size)
-            return buf
         out = b""
         while True:
             try:
@@ -459,9 +358,6 @@ class PyOpenSSLEngine:
                 return out
 
     # -- what the layer view reports ------------------------------------------
-
-    def requested_server_name(self) -> str | None:
-        return self._sni.name if self._sni is not None else None
 
     def version(self) -> str | None:
         if not self._handshake_done:
@@ -502,13 +398,9 @@ class PyOpenSSLEngine:
         return self._conn.get_session()
 
     def session_reused(self) -> bool:
-        if self._direct:
-            return self._handshake_done and bool(_lib.SSL_session_reused(self._ssl))
         return self._handshake_done and not self._full_handshake
 
     def _ticket_arrived(self) -> bool:
-        if self._direct and self._hs_session is not None:
-            return bool(_lib.SSL_get_session(self._ssl) != self._hs_session)
         return self._tickets > 0
 
     @property
@@ -518,6 +410,86 @@ class PyOpenSSLEngine:
     @property
     def context(self) -> SSL.Context:
         return self._context
+
+
+class DirectPyOpenSSLEngine(PyOpenSSLEngine):
+    """The pyOpenSSL engine on the direct path: the same engine, with the
+    few calls pyOpenSSL's public API lacks made through its private binding
+    (:mod:`onion_tls._openssl_ffi`: fewer copies and allocations, OpenSSL's
+    own name check, ``SSL_session_reused``).  Errors still go through
+    pyOpenSSL's own mapping, so both classes fail in the same words."""
+
+    _ffi: Binding
+
+    def _bind(self, conn: SSL.Connection) -> None:
+        ffi = Binding.bind(conn)
+        if ffi is None:  # pragma: no cover - pyopenssl_engine() checked
+            raise RuntimeError("pyOpenSSL's private binding is not available")
+        self._ffi = ffi
+        #: The session the handshake made (client): a ticket replaces it.
+        self._hs_session: object | None = None
+        ffi.set_modes()
+
+    def _watch_handshake(self) -> bool:
+        # Resumption and tickets are asked of OpenSSL: the info callback
+        # is only needed for the alert log lines.
+        return logger.isEnabledFor(logging.DEBUG)
+
+    def _name_check(self, server_hostname: str) -> bool:
+        return self._ffi.check_name(server_hostname)
+
+    def _recv_into(self, buffer: memoryview) -> int:
+        n = self._ffi.read_into(buffer)
+        if n < 0:  # pragma: no cover - pyOpenSSL raised for the error
+            raise EngineError(f"read failed (SSL_read returned {n})")
+        return n
+
+    def _send(self, data: bytes | bytearray | memoryview) -> int:
+        n = self._ffi.write(data)
+        if n < 0:  # pragma: no cover - pyOpenSSL raised for the error
+            raise EngineError(f"write failed (SSL_write returned {n})")
+        return n
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._ffi.bio_write(data):
+            raise EngineError("out of memory for the incoming TLS data")
+
+    def do_handshake(self) -> bool:
+        done = super().do_handshake()
+        if done and not self.server_side:
+            self._hs_session = self._ffi.hold_session()
+        return done
+
+    def take_output(self) -> bytes | bytearray:
+        return self._ffi.take_output()
+
+    def session_reused(self) -> bool:
+        return self._handshake_done and self._ffi.session_reused()
+
+    def _ticket_arrived(self) -> bool:
+        if self._hs_session is not None:
+            return self._ffi.ticket_arrived(self._hs_session)
+        return self._tickets > 0
+
+
+def pyopenssl_engine(
+    context: SSL.Context,
+    *,
+    server_side: bool,
+    server_hostname: str | None,
+    session: object | None,
+    depth: int,
+) -> PyOpenSSLEngine:
+    """The pyOpenSSL engine: on the direct path when pyOpenSSL's private
+    binding is there (:func:`onion_tls._openssl_ffi.available`)."""
+    cls = DirectPyOpenSSLEngine if _openssl_ffi.available() else PyOpenSSLEngine
+    return cls(
+        context,
+        server_side=server_side,
+        server_hostname=server_hostname,
+        session=session,
+        depth=depth,
+    )
 
 
 # The contexts that carry our key-log callback.
@@ -541,17 +513,6 @@ def _install_keylog(context: SSL.Context) -> None:
         )
         return
     _keylog_contexts.add(context)
-
-
-def _verify_result(conn: SSL.Connection) -> int:
-    """``SSL_get_verify_result``: why the peer's certificate was refused.
-    pyOpenSSL has no public call for it; without the binding, 0 (unknown)."""
-    try:
-        from OpenSSL._util import lib
-
-        return int(lib.SSL_get_verify_result(conn._ssl))
-    except Exception:  # noqa: BLE001 - only ever costs the detail
-        return 0
 
 
 def _write_keylog(conn: SSL.Connection, line: bytes) -> None:

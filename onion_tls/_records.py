@@ -11,6 +11,8 @@ Framing only looks at the 5-byte record header (RFC 8446 section 5.1, RFC
 5246 section 6.2): content type, legacy version, length.  Anything that
 cannot be a record header is reported so the layer can hand the bytes to its
 engine and let it fail with a proper alert.
+
+Imports nothing from the package.
 """
 
 from __future__ import annotations

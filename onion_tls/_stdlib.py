@@ -18,6 +18,9 @@ connection made with that context logs its secrets there.
 The views' answers keep the stdlib's own values: ``peercert`` is exactly
 ``getpeercert()`` (``{}`` for a peer that was not verified), ``cipher`` is
 ``cipher()``, as asyncio's TLS transport gives them.
+
+Imports: :mod:`._engine` (the interface it implements), :mod:`._log`,
+:mod:`._verify`.
 """
 
 from __future__ import annotations
@@ -26,15 +29,9 @@ import ssl
 from typing import TYPE_CHECKING, Any, cast
 
 from . import _log
-from ._engine import (
-    NAME_MISMATCH_CODES,
-    ClientHelloSNI,
-    EngineError,
-    PeerClosed,
-    keylog_path,
-    verify_error_text,
-)
-from ._log import logger
+from ._engine import EngineError, PeerClosed
+from ._log import keylog_path, logger
+from ._verify import NAME_MISMATCH_CODES, verify_error_text
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -69,12 +66,12 @@ class StdlibEngine:
         server_side: bool,
         server_hostname: str | None,
         session: object | None,
+        depth: int,
     ) -> None:
         self._context = context
         self.server_side = server_side
         self.server_hostname = server_hostname
-        self.depth = 0
-        self._sni = ClientHelloSNI() if server_side else None
+        self.depth = depth
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         if session is not None and not isinstance(session, ssl.SSLSession):
@@ -113,9 +110,6 @@ class StdlibEngine:
     # -- the engine interface -------------------------------------------------
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        sni = self._sni
-        if sni is not None and not sni.done:
-            sni.feed(data)
         self._in.write(data)
 
     def do_handshake(self) -> bool:
@@ -191,9 +185,6 @@ class StdlibEngine:
         return self._out.read() if self._out.pending else b""
 
     # -- what the layer view reports ------------------------------------------
-
-    def requested_server_name(self) -> str | None:
-        return self._sni.name if self._sni is not None else None
 
     def version(self) -> str | None:
         return self._obj.version()

@@ -3,52 +3,48 @@
 The event loop talks to :class:`OnionProtocol` (an ``asyncio.Protocol`` over
 the raw socket transport); the application talks to :class:`OnionTransport`
 (the full ``asyncio.Transport`` API plus ``start_tls``/``stop_tls``).  Both
-are thin: the layer logic lives in the sans-IO chain (:mod:`._chain`).  What
-lives here is what needs the event loop: futures, timers, scheduling of
-deliveries, and flow control.
+are thin: the layer logic lives in the sans-IO chain (:mod:`._chain`), and
+the adapter's other jobs in a module each:
 
-Flow control (writing) is one membrane: the application is paused while the
-raw transport is paused *or* the plaintext queued inside the chain is above
-the high-water mark, and resumed when neither holds.  Flow control (reading):
-``pause_reading`` stops deliveries to the application at once; the raw
-transport is paused too, except while a handshake or shutdown needs the
-peer's bytes.
+* :mod:`._ops` - the futures and timers of ``start_tls``/``stop_tls``;
+* :mod:`._deliver` - handing data and EOFs to the application protocol;
+* :mod:`._gather` - small writes of one turn of the loop leave together;
+* :mod:`._flow` - flow control: the write membrane, reading kept in step;
+* :mod:`._buffers` - the scratch buffer lent to the loop for one read.
+
+What is left here is the wiring: the loop's callbacks, the chain's hooks
+(:class:`~onion_tls._chain.ChainHooks`), and what the transport asks for.
+:class:`OnionTransport` only calls :class:`OnionProtocol`'s package-internal
+methods (plain names, documented as such), never its fields.
+
+Imports: asyncio; :mod:`._buffers`, :mod:`._log`, :mod:`._engines`,
+:mod:`._layer`, :mod:`._view`, :mod:`._chain`, :mod:`._deliver`,
+:mod:`._flow`, :mod:`._gather`, :mod:`._ops`, :mod:`.errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import math
 from typing import TYPE_CHECKING, Any
 
 from . import _buffers
 from ._chain import Chain
-from ._engine import new_engine
-from ._layer import Layer
+from ._deliver import AppDelivery
+from ._engines import new_engine
+from ._flow import ReadSync, WriteFlow
+from ._gather import WriteGatherer
+from ._log import logger
+from ._ops import LayerOps, check_timeout
 from ._view import TLSLayer
-from .errors import (
-    HandshakeError,
-    HandshakeTimeoutError,
-    LayerStateError,
-    OnionError,
-    TLSTimeoutError,
-)
+from .errors import LayerStateError, OnionError, TLSTimeoutError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
+    from ._layer import Layer
+
 __all__ = ["OnionProtocol", "OnionTransport", "wrap"]
 
-logger = logging.getLogger("onion_tls")
-
-_DEFAULT_HIGH = 64 * 1024
-# Gathering small writes (layers only): a write of less than this...
-_GATHER_SMALL = 32 * 1024
-# ...that follows another write in the same turn of the event loop waits
-# with the others, to be encrypted at once, at the end of the turn or when
-# this many bytes (or the high-water mark) are waiting.
-_GATHER_MAX = 64 * 1024
 # After a fatal error we close the socket so the alert can leave; if the
 # peer does not read it, the socket is aborted after this long.
 _ALERT_GRACE = 2.0
@@ -58,51 +54,6 @@ _SHUTDOWN_TIMEOUT = 30.0
 # Writes after close() are dropped; from this many on, each is logged
 # (asyncio's LOG_THRESHOLD_FOR_CONNLOST_WRITES).
 _LOG_WRITES_AFTER_CLOSE = 5
-
-
-class _Op:
-    """A handshake or a pop under way: its layer, its timer, and the futures
-    handed to callers.  A waiter cancelled by its caller does not cancel the
-    operation: the others (and later callers) still get its outcome."""
-
-    __slots__ = ("layer", "timer", "waiters")
-
-    def __init__(self, layer: Layer, waiter: asyncio.Future[TLSLayer]) -> None:
-        self.layer = layer
-        self.waiters = [waiter]
-        self.timer: asyncio.TimerHandle | None = None
-
-    def resolve(self, view: TLSLayer) -> None:
-        self._end()
-        for fut in self.waiters:
-            if not fut.done():
-                fut.set_result(view)
-
-    def reject(self, exc: BaseException) -> None:
-        self._end()
-        for fut in self.waiters:
-            if not fut.done():
-                fut.set_exception(exc)
-
-    def _end(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    # A failed start/stop future is always accompanied by connection_lost(exc),
-    # so an un-awaited one must not also be logged as "never retrieved".
-    if not fut.cancelled():
-        fut.exception()
-
-
-def _check_timeout(name: str, value: float | None) -> float | None:
-    if value is None:
-        return None
-    if not value > 0 or math.isnan(value):
-        raise ValueError(f"{name} must be a positive number of seconds or None, not {value!r}")
-    return float(value)
 
 
 class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
@@ -119,63 +70,39 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
     """
 
     def __init__(self, app_protocol: asyncio.BaseProtocol) -> None:
-        self._app: asyncio.BaseProtocol = app_protocol
-        self._buffered = isinstance(app_protocol, asyncio.BufferedProtocol)
+        self._app = AppDelivery(app_protocol)
         self._raw: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._chain = Chain(self)
-        #: What the application talks to.
-        self.transport = OnionTransport(self)
-        self._starts: dict[Layer, _Op] = {}
-        self._stop: _Op | None = None
-        #: shutdown_timeout of each layer (close() waits the smallest).
-        self._shutdown_timeouts: dict[Layer, float | None] = {}
         self._lost = False
+        self._chain = Chain(self)
+        self._ops = LayerOps(self._chain.fail)
+        self._write_flow = WriteFlow()
+        self._read_sync = ReadSync()
+        self._gather = WriteGatherer(
+            self._chain, self._write_flow, self.buffered_size, self._update_app_writing
+        )
+        self._read_loan = _buffers.Loan()
         self._flush_scheduled = False
         #: Aborts the socket: after a fatal error (the alert had its time to
         #: leave) or when close() takes longer than the shutdown timeout.
         self._grace: asyncio.TimerHandle | None = None
         self._writes_after_close = 0
-        # flow control
-        self._high = _DEFAULT_HIGH
-        self._low = _DEFAULT_HIGH // 4
-        self._raw_write_paused = False
-        self._queue_over = False
-        self._app_write_paused = False
-        self._raw_read_paused = False
-        self._rbuf: bytearray | None = None
-        #: Small writes made since the first write of this turn of the loop
-        #: (None: no write yet this turn, the next one goes out at once).
-        self._gather: bytearray | None = None
-        #: Bytes the next write may have to be gathered without any check
-        #: (below _GATHER_SMALL and below the flush point).
-        self._gather_room = 0
+        #: What the application talks to.
+        self.transport = OnionTransport(self, self._chain, self._gather)
 
     # -- asyncio.Protocol: what the event loop calls -----------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._raw = transport  # type: ignore[assignment]
         self._loop = asyncio.get_running_loop()
-        self._app.connection_made(self.transport)
+        self._gather.attach(self._loop)
+        self._app.protocol.connection_made(self.transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        # A memoryview, not the bytearray: a caller that fills it in pieces
-        # (asyncio's own TLS writes into ``buf[offset:]``) must write into it.
-        buf = self._rbuf
-        if buf is None:
-            buf = self._rbuf = _buffers.take()
-        return memoryview(buf)
+        return self._read_loan.lend()
 
     def buffer_updated(self, nbytes: int) -> None:
-        buf = self._rbuf
-        if buf is None:  # pragma: no cover - the loop always asks first
-            raise RuntimeError("buffer_updated() without get_buffer()")
-        self._rbuf = None
-        try:
-            with memoryview(buf) as view:
-                self._chain.feed(view[:nbytes])
-        finally:
-            _buffers.give(buf)
+        self._read_loan.filled(nbytes, self._chain.feed)
         self._after_chain_change()
 
     def data_received(self, data: bytes) -> None:
@@ -183,7 +110,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         self._after_chain_change()
 
     def eof_received(self) -> bool:
-        self._drop_read_buffer()
+        self._read_loan.drop()
         self._chain.feed_eof()
         # The chain closes the socket itself when it should.
         return not self._chain.ended
@@ -192,34 +119,26 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         if self._lost:
             return
         self._lost = True
-        self._drop_read_buffer()
-        self._stop_gathering()
-        if self._grace is not None:
-            self._grace.cancel()
-            self._grace = None
+        self._read_loan.drop()
+        self._gather.stop()
+        self._cancel_grace()
         # Clean or not is the chain's verdict; data decrypted before the
         # end still reaches the application first.
         err = self._chain.connection_lost(exc)
-        if err is None and (self._starts or self._stop is not None):
+        if err is None and self._ops.busy:
             err = OnionError("the connection was closed while a layer was changing")
-        self._fail_futures(err)
-        app = self._app
+        self._ops.fail_all(err)
         try:
-            app.connection_lost(err)  # type: ignore[arg-type]
+            self._app.protocol.connection_lost(err)  # type: ignore[arg-type]
         finally:
             self._raw = None
 
-    def _drop_read_buffer(self) -> None:
-        buf, self._rbuf = self._rbuf, None
-        if buf is not None:
-            _buffers.give(buf)
-
     def pause_writing(self) -> None:
-        self._raw_write_paused = True
+        self._write_flow.raw_paused = True
         self._update_app_writing()
 
     def resume_writing(self) -> None:
-        self._raw_write_paused = False
+        self._write_flow.raw_paused = False
         self._update_app_writing()
 
     # -- ChainHooks: what the chain asks of the world ---------------------------
@@ -230,48 +149,20 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             raw.write(data)
 
     def deliver_data(self, data: bytes | bytearray | memoryview) -> None:
-        app = self._app
-        if not self._buffered:
-            app.data_received(data if type(data) is bytes else bytes(data))  # type: ignore[attr-defined]
-            return
-        view = memoryview(data)
-        chain = self._chain
-        while view:
-            if chain.delivery_paused:
-                # The application paused reading from buffer_updated(): the
-                # rest waits, first in line, for resume_reading().
-                chain.deliver_later(bytes(view))
-                return
-            buf = app.get_buffer(len(view))  # type: ignore[attr-defined]
-            n = min(len(buf), len(view))
-            if n == 0:
-                raise RuntimeError("get_buffer() returned an empty buffer")
-            memoryview(buf)[:n] = view[:n]
-            app.buffer_updated(n)  # type: ignore[attr-defined]
-            view = view[n:]
+        self._app.data(data, self._chain)
 
     def app_buffer(self, size: int) -> memoryview | None:
-        if not self._buffered:
-            return None
-        buf = self._app.get_buffer(size)  # type: ignore[attr-defined]
-        view = memoryview(buf)
-        if view.readonly:
-            raise TypeError("get_buffer() returned a read-only buffer")
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
-        if not view:
-            raise RuntimeError("get_buffer() returned an empty buffer")
-        return view
+        return self._app.buffer(size)
 
     def app_buffer_filled(self, nbytes: int) -> None:
-        self._app.buffer_updated(nbytes)  # type: ignore[attr-defined]
+        self._app.filled(nbytes)
 
     def deliver_eof(self) -> bool | None:
-        keep_open = self._app.eof_received()  # type: ignore[attr-defined]
+        keep_open = self._app.eof()
         # The chain may close the connection now (a false answer): what the
         # application wrote this turn goes first.
-        self._send_gathered()
-        return keep_open  # type: ignore[no-any-return]
+        self._gather.flush()
+        return keep_open
 
     def schedule_flush(self) -> None:
         if not self._flush_scheduled and self._loop is not None and not self._lost:
@@ -285,48 +176,22 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             self._after_chain_change()
 
     def handshake_done(self, layer: Layer) -> None:
-        op = self._starts.pop(layer, None)
-        engine = layer.engine
-        logger.debug(
-            "layer %d: handshake done (%s, %s, %s, %s, resumed=%s, alpn=%s, sni=%s)",
-            layer.depth,
-            "server" if engine.server_side else "client",
-            engine.engine_name,
-            engine.version(),
-            (engine.cipher() or ("?",))[0],
-            engine.session_reused(),
-            engine.alpn_protocol(),
-            engine.requested_server_name() if engine.server_side else engine.server_hostname,
-        )
-        if op is not None:
-            op.resolve(layer.view)  # type: ignore[arg-type]
+        self._ops.handshake_done(layer)
 
     def layer_abandoned(self, layer: Layer, exc: OnionError) -> None:
-        logger.debug("layer %d: abandoned: %s", layer.depth, exc)
-        op = self._starts.pop(layer, None)
-        if op is not None:
-            op.reject(exc)
-        if self._stop is not None and self._stop.layer is layer:
-            op, self._stop = self._stop, None
-            op.reject(exc)
+        self._ops.abandoned(layer, exc)
 
     def layer_popped(self, layer: Layer) -> None:
-        logger.debug("layer %d: popped (unwrapped)", layer.depth)
-        self._shutdown_timeouts.pop(layer, None)
-        op, self._stop = self._stop, None
-        if op is not None:
-            op.resolve(layer.view)  # type: ignore[arg-type]
+        self._ops.popped(layer)
 
     def failed(self, exc: OnionError) -> None:
         logger.debug("failed: %s", exc)
-        self._stop_gathering()
-        self._fail_futures(exc)
+        self._gather.stop()
+        self._ops.fail_all(exc)
         raw = self._raw
         if raw is None or self._lost:
             return
-        if self._grace is not None:
-            self._grace.cancel()
-            self._grace = None
+        self._cancel_grace()
         if isinstance(exc, TLSTimeoutError) or self._loop is None:
             raw.abort()
             return
@@ -338,26 +203,12 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         if raw is not None and not self._lost:
             raw.close()
 
-    # -- futures and timers -------------------------------------------------
+    # -- timers -----------------------------------------------------------------
 
-    def _fail_futures(self, err: BaseException | None) -> None:
-        why = str(err) if err is not None else "the connection was closed"
-        starts, self._starts = self._starts, {}
-        for layer, op in starts.items():
-            if isinstance(err, HandshakeError) and err.depth == layer.depth:
-                op.reject(err)
-            else:
-                e = HandshakeError(f"the handshake could not finish: {why}", depth=layer.depth)
-                e.__cause__ = err
-                op.reject(e)
-        stop, self._stop = self._stop, None
-        if stop is not None:
-            if isinstance(err, OnionError) and err.depth == stop.layer.depth:
-                stop.reject(err)
-            else:
-                e2 = OnionError(f"stop_tls() could not finish: {why}", depth=stop.layer.depth)
-                e2.__cause__ = err
-                stop.reject(e2)
+    def _cancel_grace(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
 
     def _close_timeout(self, timeout: float) -> None:
         self._grace = None
@@ -368,27 +219,98 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             )
         )
 
-    def _handshake_timeout(self, layer: Layer, timeout: float) -> None:
-        if layer in self._starts:
-            self._chain.fail(
-                HandshakeTimeoutError(
-                    f"the handshake did not finish within {timeout:g} s (timeout)",
-                    depth=layer.depth,
-                )
-            )
+    # -- flow control -------------------------------------------------------------
 
-    def _shutdown_timeout(self, layer: Layer, timeout: float) -> None:
-        if self._stop is not None and self._stop.layer is layer:
-            self._chain.fail(
-                TLSTimeoutError(
-                    f"the peer did not answer close_notify within {timeout:g} s (timeout)",
-                    depth=layer.depth,
-                )
-            )
+    def _after_chain_change(self) -> None:
+        self._update_app_writing()
+        self.sync_reading()
 
-    # -- what OnionTransport asks for --------------------------------------
+    def _update_app_writing(self) -> None:
+        queued = self._chain.queued_size() + self._gather.size()
+        paused = self._write_flow.update(queued, lost=self._lost)
+        if paused is not None:
+            self._write_flow.tell(paused, self._app.protocol, self._loop, self.transport)
 
-    def _start_tls(
+    # -- package-internal: what OnionTransport asks for ----------------------------
+    #
+    # Plain names so that OnionTransport never touches this class's fields;
+    # not part of the public API (DESIGN.md lists OnionProtocol's), and
+    # named so as not to clash with what a subclass adds.
+
+    @property
+    def layer_chain(self) -> Chain:
+        """The sans-IO chain of this connection (package-internal: for the
+        test suite and tools that look inside; applications use
+        :attr:`OnionTransport.layers`)."""
+        return self._chain
+
+    @property
+    def raw_transport(self) -> asyncio.Transport | None:
+        """The raw transport: None before connection_made() and after
+        connection_lost() (kept during it, so the application may still ask
+        for its extra info)."""
+        return self._raw
+
+    @property
+    def connection_gone(self) -> bool:
+        """connection_lost() has been called."""
+        return self._lost
+
+    @property
+    def app_protocol(self) -> asyncio.BaseProtocol:
+        return self._app.protocol
+
+    def set_app_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._app.set_protocol(protocol)
+
+    def gathered_size(self) -> int:
+        """Bytes of small writes gathered this turn, not yet in the chain."""
+        return self._gather.size()
+
+    def buffered_size(self) -> int:
+        """Bytes written by the application and not yet taken by the kernel."""
+        raw = self._raw
+        size = 0 if raw is None or self._lost else raw.get_write_buffer_size()
+        return size + self._chain.queued_size() + self._gather.size()
+
+    def send_gathered(self) -> None:
+        """What the application wrote this turn goes into the chain now
+        (``onion_tls.testing``'s pipe does this before moving bytes, as a
+        turn of the loop would)."""
+        self._gather.flush()
+
+    def sync_reading(self) -> None:
+        """Pause or resume the raw transport's reading as the chain wants."""
+        raw = self._raw
+        if raw is None or self._lost or raw.is_closing():
+            return
+        self._read_sync.sync(raw, self._chain.wants_input())
+
+    def set_write_limits(self, high: int | None, low: int | None) -> None:
+        high, low = self._write_flow.set_limits(high, low)
+        self._gather.limits_changed()
+        if self._raw is not None:
+            self._raw.set_write_buffer_limits(high, low)
+        self._update_app_writing()
+
+    def write_limits(self) -> tuple[int, int]:
+        return (self._write_flow.low, self._write_flow.high)
+
+    def app_write(self, data: bytes) -> None:
+        """An application write that :meth:`WriteGatherer.try_append` did not take."""
+        if self._chain.finishing or self._lost:
+            self._write_after_close()
+        else:
+            self._gather.write(data)
+        self._update_app_writing()
+
+    def deliver_waiting(self) -> None:
+        chain = self._chain
+        if not chain.in_app_call:
+            chain.flush_deliveries()
+            self._after_chain_change()
+
+    def push_layer(
         self,
         context: object,
         server_side: bool,
@@ -399,9 +321,9 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         shutdown_timeout: float | None,
     ) -> asyncio.Future[TLSLayer]:
         loop = self._require_loop()
-        timeout = _check_timeout("handshake_timeout", handshake_timeout)
-        close_timeout = _check_timeout("shutdown_timeout", shutdown_timeout)
-        self._send_gathered()  # written before the new layer: outside it
+        timeout = check_timeout("handshake_timeout", handshake_timeout)
+        close_timeout = check_timeout("shutdown_timeout", shutdown_timeout)
+        self._gather.flush()  # written before the new layer: outside it
         if server_side and server_hostname:
             raise ValueError("server_hostname is only meaningful with server_side=False")
         engine = new_engine(
@@ -409,57 +331,28 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             server_side=server_side,
             server_hostname=server_hostname,
             session=session,
+            depth=self._chain.next_depth(),
         )
-        layer = self._chain.push(engine)
-        engine.depth = layer.depth
-        layer.view = TLSLayer(layer)
-        self._shutdown_timeouts[layer] = close_timeout
-        fut: asyncio.Future[TLSLayer] = loop.create_future()
-        fut.add_done_callback(_retrieve)
-        op = self._starts[layer] = _Op(layer, fut)
-        if timeout is not None:
-            op.timer = loop.call_later(timeout, self._handshake_timeout, layer, timeout)
-        logger.debug(
-            "layer %d: handshake started (%s, %s%s)",
-            layer.depth,
-            "server" if server_side else "client",
-            engine.engine_name,
-            f", server_hostname={server_hostname!r}" if server_hostname else "",
+        fut = self._ops.start(
+            loop, self._chain, engine, bytes(initial_bytes), timeout, close_timeout
         )
-        self._chain.begin(layer, bytes(initial_bytes))
         self._after_chain_change()
         return fut
 
-    def _stop_tls(self, timeout: float | None) -> asyncio.Future[TLSLayer]:
+    def pop_layer(self, timeout: float | None) -> asyncio.Future[TLSLayer]:
+        chain = self._chain
         if self._lost and self._loop is not None:
-            popped = self._chain.pop_after_end()
+            popped = chain.pop_after_end()
             if popped is not None:
                 done: asyncio.Future[TLSLayer] = self._loop.create_future()
-                done.set_result(popped.view)  # type: ignore[arg-type]
+                done.set_result(popped.view)
                 return done
         loop = self._require_loop()
-        t = _check_timeout("timeout", timeout)
-        self._send_gathered()  # written before the stop: inside the layer
-        chain = self._chain
-        layer = chain.innermost()
-        fut: asyncio.Future[TLSLayer] = loop.create_future()
-        fut.add_done_callback(_retrieve)
-        if self._stop is not None and layer is self._stop.layer and not chain.finishing:
-            # The same pop: one more waiter for it.
-            self._stop.waiters.append(fut)
-            return fut
-        op = _Op(layer, fut) if layer is not None else None
-        self._stop = op
-        try:
-            chain.stop_tls()
-        except BaseException:
-            self._stop = None
-            raise
-        assert layer is not None and op is not None  # chain.stop_tls() raised otherwise
-        logger.debug("layer %d: stop_tls (close_notify sent or queued)", layer.depth)
-        if self._stop is op and t is not None:
-            op.timer = loop.call_later(t, self._shutdown_timeout, layer, t)
-        self._after_chain_change()
+        t = check_timeout("timeout", timeout)
+        self._gather.flush()  # written before the stop: inside the layer
+        fut, begun = self._ops.stop(loop, chain, t)
+        if begun:
+            self._after_chain_change()
         return fut
 
     def _require_loop(self) -> asyncio.AbstractEventLoop:
@@ -467,24 +360,23 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             raise LayerStateError("the transport is not connected")
         return self._loop
 
-    def _abort(self) -> None:
-        self._stop_gathering()
+    def abort_connection(self) -> None:
+        self._gather.stop()
         self._chain.abort()  # nothing more is sent or delivered
-        self._fail_futures(OnionError("the connection was aborted"))
+        self._ops.fail_all(OnionError("the connection was aborted"))
         raw = self._raw
         if raw is not None and not self._lost:
             raw.abort()
 
-    def _close(self) -> None:
+    def close_connection(self) -> None:
         chain = self._chain
         if self._raw is None or self._lost or chain.finishing:
             return
-        self._send_gathered()
-        self._stop_gathering()
-        timeouts = [t for layer in chain.layers() if (t := self._shutdown_timeouts.get(layer))]
-        if timeouts and self._loop is not None:
+        self._gather.flush()
+        self._gather.stop()
+        timeout = self._ops.close_timeout(chain.layers())
+        if timeout is not None and self._loop is not None:
             # Bounded (DESIGN rule 13): then the socket is aborted.
-            timeout = min(timeouts)
             self._grace = self._loop.call_later(timeout, self._close_timeout, timeout)
         chain.close()
         self._after_chain_change()
@@ -498,129 +390,6 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
                 self._writes_after_close,
             )
 
-    # -- flow control -----------------------------------------------------------
-
-    def _after_chain_change(self) -> None:
-        self._update_app_writing()
-        self._sync_raw_reading()
-
-    # -- writing ----------------------------------------------------------------
-
-    def _write(self, data: bytes) -> None:
-        """An application write.  The first write of a turn of the event
-        loop is encrypted and sent at once (no added latency); small writes
-        that follow it in the same turn are gathered and encrypted together
-        into full records at the end of the turn: fewer records, engine
-        calls and socket writes, which is what small writes cost.  Gathered
-        bytes go on at once when ``_GATHER_MAX`` wait or when, with them, the
-        bytes buffered on the connection pass the high-water mark, so flow
-        control sees them as if they had not waited.  (While a write stays
-        below both, :meth:`OnionTransport.write` appends it itself: the
-        common case costs one append.)"""
-        chain = self._chain
-        if chain.finishing or self._lost:
-            self._write_after_close()
-            return
-        gather = self._gather
-        if gather is not None:
-            if len(data) < _GATHER_SMALL:
-                gather += data
-                if len(gather) >= _GATHER_MAX or self._buffered_size() > self._high:
-                    self._send_gathered()
-            else:
-                self._send_gathered()
-                self._chain.write(data)
-            self._gather_room = self._room()
-            return
-        chain.write(data)
-        loop = self._loop
-        if (
-            loop is not None
-            and not self._lost
-            and chain.innermost() is not None
-            and not loop.is_closed()
-        ):
-            loop.call_soon(self._end_gather)
-            self._gather = bytearray()
-            self._gather_room = self._room()
-
-    def _buffered_size(self) -> int:
-        """Bytes written by the application and not yet taken by the kernel."""
-        raw = self._raw
-        size = 0 if raw is None or self._lost else raw.get_write_buffer_size()
-        return size + self._chain.queued_size() + self.gathered_size()
-
-    def _room(self) -> int:
-        """How many bytes may be gathered without a look at flow control."""
-        gather = self._gather
-        if gather is None:
-            return 0
-        return max(0, min(_GATHER_MAX - len(gather), self._high - self._buffered_size()))
-
-    def _send_gathered(self) -> None:
-        gather = self._gather
-        if gather:
-            # A fresh buffer for what comes next: the chain may keep this one
-            # (queued behind a handshake or a stop), and it is never touched.
-            self._gather = bytearray()
-            self._chain.write(gather)
-            self._gather_room = 0  # the next write recomputes it
-
-    def _end_gather(self) -> None:
-        self._send_gathered()
-        self._stop_gathering()
-        self._update_app_writing()
-
-    def _stop_gathering(self) -> None:
-        """The next write goes out at once (what is gathered is dropped)."""
-        self._gather = None
-        self._gather_room = 0
-
-    def gathered_size(self) -> int:
-        gather = self._gather
-        return len(gather) if gather is not None else 0
-
-    def _update_app_writing(self) -> None:
-        size = self._chain.queued_size() + self.gathered_size()
-        if self._queue_over:
-            if size <= self._low:
-                self._queue_over = False
-        elif size > self._high:
-            self._queue_over = True
-        paused = self._raw_write_paused or self._queue_over
-        if paused == self._app_write_paused or self._lost:
-            return
-        self._app_write_paused = paused
-        try:
-            if paused:
-                self._app.pause_writing()
-            else:
-                self._app.resume_writing()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:  # noqa: BLE001 - reported like asyncio does
-            if self._loop is not None:
-                self._loop.call_exception_handler(
-                    {
-                        "message": "protocol.pause_writing()/resume_writing() failed",
-                        "exception": exc,
-                        "transport": self.transport,
-                        "protocol": self._app,
-                    }
-                )
-
-    def _sync_raw_reading(self) -> None:
-        raw = self._raw
-        if raw is None or self._lost or raw.is_closing():
-            return
-        want_paused = not self._chain.wants_input()
-        if want_paused != self._raw_read_paused:
-            self._raw_read_paused = want_paused
-            if want_paused:
-                raw.pause_reading()
-            else:
-                raw.resume_reading()
-
 
 class OnionTransport(asyncio.Transport):
     """The transport the application protocol is given.
@@ -629,12 +398,14 @@ class OnionTransport(asyncio.Transport):
     are pushed and popped under it.
     """
 
-    def __init__(self, protocol: OnionProtocol) -> None:
+    def __init__(self, protocol: OnionProtocol, chain: Chain, gather: WriteGatherer) -> None:
         super().__init__()
         self._p = protocol
+        self._chain = chain
+        self._gather = gather
 
     def __repr__(self) -> str:
-        depth = len(self._p._chain.layers())
+        depth = len(self._chain.layers())
         return f"<OnionTransport depth={depth}{' closing' if self.is_closing() else ''}>"
 
     # -- layers -------------------------------------------------------------
@@ -681,7 +452,7 @@ class OnionTransport(asyncio.Transport):
         Raises:
           LayerStateError: the connection is closing, or a stop is pending.
         """
-        return self._p._start_tls(
+        return self._p.push_layer(
             context,
             server_side,
             server_hostname,
@@ -708,32 +479,30 @@ class OnionTransport(asyncio.Transport):
         Raises:
           LayerStateError: there is no layer, or the connection is closing.
         """
-        return self._p._stop_tls(timeout)
+        return self._p.pop_layer(timeout)
 
     @property
     def layers(self) -> tuple[TLSLayer, ...]:
         """The current layers, outermost first; ``()`` when plaintext."""
-        return tuple(layer.view for layer in self._p._chain.layers())  # type: ignore[misc]
+        return tuple(layer.view for layer in self._chain.layers())
 
     # -- asyncio.BaseTransport ----------------------------------------------
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        p = self._p
         if name == "layers":
             return self.layers
         if name in _LAYER_KEYS:
-            layer = p._chain.innermost()
+            layer = self._chain.innermost()
             if layer is not None:
                 value = _LAYER_KEYS[name](layer)
                 return default if value is None else value
-        raw = p._raw
+        raw = self._p.raw_transport
         if raw is None:
             return default
         return raw.get_extra_info(name, default)
 
     def is_closing(self) -> bool:
-        p = self._p
-        return p._lost or p._chain.finishing
+        return self._p.connection_gone or self._chain.finishing
 
     def close(self) -> None:
         """Flush held writes, send close_notify on every layer from the
@@ -746,103 +515,78 @@ class OnionTransport(asyncio.Transport):
         :class:`HandshakeError`).  Writes after close() are dropped, as
         asyncio does (logged after a few).
         """
-        self._p._close()
+        self._p.close_connection()
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._p._app = protocol
-        self._p._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+        self._p.set_app_protocol(protocol)
 
     def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._p._app
+        return self._p.app_protocol
 
     # -- asyncio.ReadTransport -----------------------------------------------
 
     def is_reading(self) -> bool:
-        return not self._p._chain.delivery_paused and not self.is_closing()
+        return not self._chain.delivery_paused and not self.is_closing()
 
     def pause_reading(self) -> None:
         """Stop delivering data to the protocol (handshakes and shutdowns
         keep reading what they need, up to a bound)."""
-        p = self._p
-        p._chain.pause_delivery()
-        p._sync_raw_reading()
+        self._chain.pause_delivery()
+        self._p.sync_reading()
 
     def resume_reading(self) -> None:
-        p = self._p
-        p._chain.resume_delivery()
-        p._sync_raw_reading()
+        self._chain.resume_delivery()
+        self._p.sync_reading()
 
     def deliver_waiting(self) -> None:
         """Hand the protocol, now, the data that waits for it (decrypted
         while it was inside a call into this transport), unless reading is
         paused.  Not part of asyncio's API: :meth:`StreamWriter.take_buffered
         <onion_tls.StreamWriter.take_buffered>` uses it."""
-        chain = self._p._chain
-        if not chain.in_app_call:
-            chain.flush_deliveries()
-            self._p._after_chain_change()
+        self._p.deliver_waiting()
 
     # -- asyncio.WriteTransport ----------------------------------------------
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if high is None:
-            high = _DEFAULT_HIGH if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        p = self._p
-        p._high, p._low = high, low
-        p._gather_room = 0  # the next write recomputes it
-        if p._raw is not None:
-            p._raw.set_write_buffer_limits(high, low)
-        p._update_app_writing()
+        self._p.set_write_limits(high, low)
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (self._p._low, self._p._high)
+        return self._p.write_limits()
 
     def get_write_buffer_size(self) -> int:
-        return self._p._buffered_size()
+        return self._p.buffered_size()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        p = self._p
-        if type(data) is bytes:
-            n = len(data)
-            gather = p._gather
-            if n < p._gather_room and n < _GATHER_SMALL and gather is not None:
-                # The common case of a small write in a busy turn: gathered.
-                gather += data
-                p._gather_room -= n
-                return
+        if type(data) is bytes and self._gather.try_append(data):
+            return  # the common case of a small write in a busy turn: gathered
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data: expecting a bytes-like instance, got {type(data).__name__}")
         if not data:
             return
         if not isinstance(data, bytes):
             data = bytes(data)
-        p._write(data)
-        p._update_app_writing()
+        self._p.app_write(data)
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
         self.write(b"".join(list_of_data))
 
     def write_eof(self) -> None:
-        p = self._p
-        p._send_gathered()
-        if p._chain.layers():
+        self._gather.flush()
+        if self._chain.layers():
             raise LayerStateError(
                 "TLS has no half-close: use stop_tls() to unwrap or close() to end"
             )
-        if p._raw is not None:
-            p._raw.write_eof()
+        raw = self._p.raw_transport
+        if raw is not None:
+            raw.write_eof()
 
     def can_write_eof(self) -> bool:
-        p = self._p
-        return not p._chain.layers() and p._raw is not None and p._raw.can_write_eof()
+        raw = self._p.raw_transport
+        return not self._chain.layers() and raw is not None and raw.can_write_eof()
 
     def abort(self) -> None:
         """Close at once: nothing more is sent, not even close_notify."""
-        self._p._abort()
+        self._p.abort_connection()
 
 
 def _cipher(layer: Layer) -> object:

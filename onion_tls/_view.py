@@ -1,15 +1,39 @@
-"""The public, read-only view of one layer."""
+"""The public, read-only view of one layer (sans-IO).
+
+Owns :class:`TLSLayer`.  Each layer makes its own view when it is built
+(:class:`onion_tls._layer.Layer`); the view reads the layer through the
+small :class:`ViewedLayer` interface, so it needs nothing above
+:mod:`._engine`.  Imports: :mod:`._engine` (types only).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import enum
+
     from cryptography import x509
 
-    from ._layer import Layer
+    from ._engine import Engine
 
-__all__ = ["TLSLayer"]
+__all__ = ["TLSLayer", "ViewedLayer"]
+
+
+class ViewedLayer(Protocol):
+    """What a view reads of its layer."""
+
+    @property
+    def depth(self) -> int: ...
+
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def state(self) -> enum.Enum: ...
+
+    @property
+    def requested_server_name(self) -> str | None: ...
 
 
 class TLSLayer:
@@ -41,7 +65,7 @@ class TLSLayer:
 
     __slots__ = ("_layer",)
 
-    def __init__(self, layer: Layer) -> None:
+    def __init__(self, layer: ViewedLayer) -> None:
         self._layer = layer
 
     def __repr__(self) -> str:
@@ -66,10 +90,10 @@ class TLSLayer:
         unless it is an IP address, and checked against the certificate).
         On a server layer, the host name the client sent as SNI (read from
         its ClientHello, as sent: an IDN in its ``xn--`` form), or None."""
-        engine = self._layer.engine
-        if engine.server_side:
-            return engine.requested_server_name()
-        return engine.server_hostname
+        layer = self._layer
+        if layer.engine.server_side:
+            return layer.requested_server_name
+        return layer.engine.server_hostname
 
     @property
     def engine(self) -> str:
@@ -79,7 +103,7 @@ class TLSLayer:
     @property
     def state(self) -> str:
         """The layer's lifecycle state, in words (``"open"``, ...)."""
-        return self._layer.state.value
+        return str(self._layer.state.value)
 
     @property
     def version(self) -> str | None:

@@ -17,6 +17,9 @@ Once a layer is up, the application sees no other exception class: a socket
 reset under a layer is a :class:`TruncatedError` naming the layer, with the
 ``OSError`` as its ``__cause__`` (in plaintext, the ``OSError`` is passed
 on as asyncio gives it).
+
+Imports nothing from the package (the bottom floor, with :mod:`._log`,
+:mod:`._buffers` and :mod:`._openssl_ffi`).
 """
 
 from __future__ import annotations

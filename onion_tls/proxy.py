@@ -45,13 +45,14 @@ Example::
         ssl=True,                       # push the origin's TLS too
     )
     assert len(writer.layers) == 3    # proxy 1, proxy 2, example.org
+
+Imports: :mod:`._log`, :mod:`.errors`, :mod:`.streams`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import re
 import ssl as _ssl
 import urllib.parse
@@ -59,6 +60,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._log import logger
 from .errors import HandshakeError, HandshakeTimeoutError, OnionError
 from .streams import StreamWriter
 from .streams import open_connection as _open_connection
@@ -73,7 +75,6 @@ __all__ = [
     "open_connection",
 ]
 
-logger = logging.getLogger("onion_tls")
 
 MAX_REPLY_HEAD = 64 * 1024
 """The most bytes a proxy's reply head (status line and headers, interim

@@ -20,6 +20,8 @@ Marker:
   callback) or if a task is still pending when the test returns.  Not
   needed with pytest-asyncio or anyio; it is there so that the fixtures work
   with nothing else installed.
+
+Imports: :mod:`.testing`, pytest.
 """
 
 from __future__ import annotations

@@ -58,6 +58,8 @@ handshake is the usual :class:`~onion_tls.HandshakeError`.  The helpers do
 not close the connection on errors: after a refusal it is still a working
 plain-text connection (the caller may say QUIT), after anything else the
 caller should close it.
+
+Imports: :mod:`._view`, :mod:`.errors`, :mod:`.streams`.
 """
 
 from __future__ import annotations

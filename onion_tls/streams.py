@@ -6,7 +6,7 @@ Theory of operation
 
 The reader is a plain ``asyncio.StreamReader``; the writer is this module's
 :class:`StreamWriter`.  Between them and the :class:`~onion_tls.OnionTransport`
-sits :class:`_StreamProtocol`, our own version of asyncio's
+sits :class:`StreamProtocol`, our own version of asyncio's
 ``StreamReaderProtocol``: it feeds the reader, answers flow control for
 ``drain()``, and gives the writer to ``client_connected_cb``.
 
@@ -36,17 +36,21 @@ Two rules make one reader last across layer changes:
 flag; the two helpers that do (:func:`_take_buffer`, :func:`_reopen`) touch
 ``_buffer``/``_eof``, which are the same on Python 3.11 to 3.13, and a test
 checks they still exist.
+
+Imports: asyncio, :mod:`._log`, :mod:`._transport`, :mod:`._view`,
+:mod:`.errors`.  :class:`StreamProtocol` (not in ``__all__``) is
+package-internal: :mod:`onion_tls.testing` builds stream pairs with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import ssl as _ssl
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from ._log import logger
 from ._transport import OnionProtocol, OnionTransport
 from .errors import LayerStateError, TruncatedError
 
@@ -61,7 +65,6 @@ if TYPE_CHECKING:
 
 __all__ = ["StreamWriter", "open_connection", "start_server"]
 
-logger = logging.getLogger("onion_tls")
 
 _DEFAULT_LIMIT = 2**16  # 64 KiB, as asyncio
 
@@ -153,7 +156,7 @@ class _StreamReader(asyncio.StreamReader):
 # -- the protocol -------------------------------------------------------------
 
 
-class _StreamProtocol(asyncio.Protocol):
+class StreamProtocol(asyncio.Protocol):
     """asyncio's StreamReaderProtocol, made aware of layers."""
 
     def __init__(
@@ -189,6 +192,12 @@ class _StreamProtocol(asyncio.Protocol):
         self._drain_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     # -- asyncio.Protocol ---------------------------------------------------
+
+    @property
+    def writer(self) -> StreamWriter | None:
+        """The writer, once connected (package-internal: for
+        ``onion_tls.testing``'s in-memory stream pairs)."""
+        return self._writer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, OnionTransport), "use onion_tls.wrap()"
@@ -356,7 +365,7 @@ class StreamWriter:
     def __init__(
         self,
         transport: OnionTransport,
-        protocol: _StreamProtocol,
+        protocol: StreamProtocol,
         reader: asyncio.StreamReader,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
@@ -601,12 +610,12 @@ async def open_connection(
     reader = _StreamReader(limit=limit, loop=loop)
 
     def factory() -> OnionProtocol:
-        return OnionProtocol(_StreamProtocol(reader))
+        return OnionProtocol(StreamProtocol(reader))
 
     # (typeshed splits host/port and sock= into two overloads)
     _, onion = await loop.create_connection(factory, host, port, **kwds)  # type: ignore[arg-type]
     app = onion.transport.get_protocol()
-    assert isinstance(app, _StreamProtocol) and app._writer is not None
+    assert isinstance(app, StreamProtocol) and app._writer is not None
     writer = app._writer
     context = _client_context(ssl)
     if context:
@@ -657,7 +666,7 @@ async def start_server(
 
     def factory() -> OnionProtocol:
         reader = _StreamReader(limit=limit, loop=loop)
-        proto = _StreamProtocol(
+        proto = StreamProtocol(
             reader,
             client_connected_cb,
             server_ssl=ssl or None,

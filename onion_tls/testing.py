@@ -21,6 +21,9 @@ Example::
         pair.client.writer.write(b"ping\n")
         assert await pair.server.reader.readline() == b"ping\n"
         await pair.aclose()
+
+Imports: :mod:`._transport`, :mod:`._view`, :mod:`.errors`,
+:mod:`.streams` (for :func:`stream_pair`); trustme.
 """
 
 from __future__ import annotations
@@ -405,11 +408,10 @@ class MemoryPipe:
                 return
 
     def _step_one(self, src: MemoryTransport) -> bool:
-        flush = getattr(src.protocol, "_send_gathered", None)
-        if flush is not None:
+        if isinstance(src.protocol, OnionProtocol):
             # Like a turn of the loop: small writes an onion stack gathered
             # go out before the pipe moves bytes.
-            flush()
+            src.protocol.send_gathered()
         dst = src.peer
         if src._lost:
             return False
@@ -732,7 +734,7 @@ class _OpenPair:
         await self._pair.aclose()
 
     async def _open(self) -> StreamPair:
-        from .streams import _StreamProtocol
+        from .streams import StreamProtocol
 
         kw = self._kw
         loop = asyncio.get_running_loop()
@@ -744,12 +746,12 @@ class _OpenPair:
         )
         creader = asyncio.StreamReader(limit=kw["limit"], loop=loop)
         sreader = asyncio.StreamReader(limit=kw["limit"], loop=loop)
-        cproto = _StreamProtocol(creader)
-        sproto = _StreamProtocol(sreader, accepted=True)
+        cproto = StreamProtocol(creader)
+        sproto = StreamProtocol(sreader, accepted=True)
         pipe.connect(OnionProtocol(cproto), OnionProtocol(sproto))
-        assert cproto._writer is not None and sproto._writer is not None
-        client = Stream(creader, cproto._writer)
-        server = Stream(sreader, sproto._writer)
+        assert cproto.writer is not None and sproto.writer is not None
+        client = Stream(creader, cproto.writer)
+        server = Stream(sreader, sproto.writer)
         task = None
         if self._handler is not None:
             task = loop.create_task(_run_handler(self._handler, server))

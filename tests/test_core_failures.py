@@ -197,7 +197,7 @@ async def test_garbage_after_handshake_at_each_depth(
 def vanish(pair: Pair, how: str) -> None:
     """The server end's socket closes (FIN) or resets (RST), whatever its
     layers were doing."""
-    raw = pair.server_onion._raw
+    raw = pair.server_onion.raw_transport
     assert raw is not None
     if how == "closes":
         raw.close()

@@ -185,7 +185,7 @@ async def test_garbage_inside_layer_2(onion_ca: OnionCA, stack: str) -> None:
     await ping(pair)
     # Encrypted by the client's layer 1 on its way out, so only the
     # server's layer 2 sees garbage.
-    pair.client_onion._chain.layers()[0].write(b"\x17\x03\x03\x00\x05hello")
+    pair.client_onion.layer_chain.layers()[0].write(b"\x17\x03\x03\x00\x05hello")
     exc = await server.wait_lost()
     assert isinstance(exc, onion_tls.TLSProtocolError)
     assert exc.depth == 2

@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
-from onion_tls._engine import peercert_dict
+from onion_tls._peercert import peercert_dict
 
 from .helpers import PlainCA, close_both, recorder_pair, rich_san, rich_subject
 from .helpers import start_layer_with as start_layer

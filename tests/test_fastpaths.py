@@ -33,7 +33,8 @@ from typing import Any
 
 import pytest
 
-from onion_tls import OnionProtocol, OnionTransport, _buffers, _pyopenssl
+from onion_tls import OnionProtocol, OnionTransport, _buffers, _openssl_ffi
+from onion_tls._pyopenssl import DirectPyOpenSSLEngine
 from onion_tls._records import RecordFramer
 from onion_tls.pytest_plugin import run_async_test
 from onion_tls.testing import Engine, OnionCA, OnionPair
@@ -85,12 +86,13 @@ def engine_of(mode: str) -> Engine:
 def check_engine_path(mode: str, *onions: OnionProtocol) -> None:
     """Every layer runs on the engine path the test asked for."""
     for onion in onions:
-        layers = onion._chain.layers()
+        layers = onion.layer_chain.layers()
         assert layers, "no layer to check"
         for layer in layers:
             assert layer.engine.engine_name == engine_of(mode)
             if mode != "stdlib":
-                assert layer.engine._direct is (mode == "pyopenssl"), (mode, layer)
+                direct = isinstance(layer.engine, DirectPyOpenSSLEngine)
+                assert direct is (mode == "pyopenssl"), (mode, layer)
 
 
 async def push_layers(pair: OnionPair, ca: OnionCA, mode: str, depths: range | list[int]) -> None:
@@ -146,10 +148,10 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     """The engine path: pyOpenSSL (direct path), pyOpenSSL through its public
     API only, or stdlib ssl."""
     name: str = request.param
-    if name == "pyopenssl" and not _pyopenssl._DIRECT_API:
+    if name == "pyopenssl" and not _openssl_ffi.available():
         pytest.skip("this pyOpenSSL offers no direct path")
     if name == "pyopenssl-public":
-        monkeypatch.setattr(_pyopenssl, "_DIRECT_API", False)
+        monkeypatch.setattr(_openssl_ffi, "DIRECT_API", False)
     return name
 
 

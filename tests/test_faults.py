@@ -725,7 +725,7 @@ class Case:
     def _tap(self, side: str, depth: int) -> None:
         """Record (and, for a flip/insert fault, corrupt) what the new layer
         of ``side`` at ``depth`` is fed."""
-        layer = self.transport(side)._p._chain.innermost()
+        layer = self.onions[side].layer_chain.innermost()
         assert layer is not None and layer.depth == depth
         stream = self.fed.setdefault((side, depth), bytearray())
         fault = self.plan.fault
@@ -985,7 +985,9 @@ class Case:
                 self.violations.append(problem)
             return
         # Delivered, or waiting for the application to resume reading.
-        have = len(self.apps[side].received) + t._p._chain.tail.held
+        chain = self.onions[side].layer_chain
+        waiting = chain.held_size() - sum(len(layer.held) for layer in chain.layers())
+        have = len(self.apps[side].received) + waiting
         if have < mark:
             self.violations.append(
                 f"{side}: {what} at depth {depth} with {have} of the {mark} bytes "
@@ -1160,7 +1162,7 @@ def _watch_eof(case: Case) -> None:
         transport = case.transport(dst)
         open_states = {"handshaking", "open", "closing"}
         if not transport.is_closing() and any(
-            layer.state.value in open_states for layer in transport._p._chain.layers()
+            layer.state.value in open_states for layer in case.onions[dst].layer_chain.layers()
         ):
             case.eof_inside_tls = dst
         fire(action, src)

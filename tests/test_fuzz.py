@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from onion_tls import OnionError
 from onion_tls._chain import Chain
-from onion_tls._engine import new_engine
+from onion_tls._engines import new_engine
 from onion_tls._layer import Layer, LayerState
 from onion_tls._records import HEADER_SIZE, MAX_RECORD_BODY, RecordFramer, check_header
 from onion_tls.testing import ENGINES, OnionCA
@@ -212,7 +212,13 @@ class Side:
         self.chain = Chain(self.hooks)  # type: ignore[arg-type]
 
     def push(self, ctx: Any, *, server_side: bool, hostname: str | None = None) -> Layer:
-        engine = new_engine(ctx, server_side=server_side, server_hostname=hostname, session=None)
+        engine = new_engine(
+            ctx,
+            server_side=server_side,
+            server_hostname=hostname,
+            session=None,
+            depth=self.chain.next_depth(),
+        )
         layer = self.chain.push(engine)
         self.chain.begin(layer, b"")
         return layer

@@ -56,10 +56,10 @@ def watch(pair: Any, refs: Refs) -> None:
         objs: dict[str, Any] = {
             "protocol": onion,
             "transport": onion.transport,
-            "chain": onion._chain,
+            "chain": onion.layer_chain,
             "app": onion.transport.get_protocol(),
         }
-        for layer in onion._chain.layers():
+        for layer in onion.layer_chain.layers():
             d = layer.depth
             objs[f"layer {d}"] = layer
             objs[f"layer {d} engine"] = layer.engine
@@ -158,7 +158,7 @@ async def test_loopback_connection_is_collectable(onion_ca: OnionCA) -> None:
         await asyncio.gather(fc, fs)
         for obj, name in ((onion, "client protocol"), (client.transport, "client transport")):
             refs.append((name, weakref.ref(obj)))
-        layer = onion._chain.layers()[0]
+        layer = onion.layer_chain.layers()[0]
         refs.append(("client layer", weakref.ref(layer)))
         refs.append(("client engine", weakref.ref(layer.engine)))
         refs.append(("server app", weakref.ref(server)))

@@ -16,8 +16,7 @@ import pytest
 import trustme
 
 import onion_tls
-from onion_tls import HandshakeError
-from onion_tls import _pyopenssl as engine_module
+from onion_tls import HandshakeError, _openssl_ffi
 from onion_tls.testing import OnionCA, memory_pair
 
 from .test_certs import App, _settle
@@ -27,10 +26,10 @@ from .test_engines_resume import MODES, test_second_connection_resumes_every_dep
 @pytest.fixture(params=["direct", "public"])
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "public":
-        monkeypatch.setattr(engine_module, "_DIRECT_API", False)
-        monkeypatch.setattr(engine_module, "_HOST_CHECK_API", False)
+        monkeypatch.setattr(_openssl_ffi, "DIRECT_API", False)
+        monkeypatch.setattr(_openssl_ffi, "HOST_CHECK_API", False)
     else:
-        assert engine_module._DIRECT_API and engine_module._HOST_CHECK_API
+        assert _openssl_ffi.available() and _openssl_ffi.HOST_CHECK_API
     return str(request.param)
 
 

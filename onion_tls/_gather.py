@@ -1,0 +1,140 @@
+"""Write gathering: small writes of one turn of the event loop leave
+together (asyncio).
+
+The first write of a turn of the event loop is encrypted and sent at once
+(no added latency); small writes that follow it in the same turn are
+gathered and encrypted together into full records at the end of the turn:
+fewer records, engine calls and socket writes, which is what small writes
+cost.  Gathered bytes go on at once when :data:`GATHER_MAX` wait or when,
+with them, the bytes buffered on the connection pass the high-water mark,
+so flow control sees them as if they had not waited.  While a write stays
+below both, :meth:`WriteGatherer.try_append` takes it (the common case costs
+one append).  Plaintext connections are never gathered: there is no record
+to fill.
+
+Owns the gathering buffer and the end-of-turn callback.  Imports: asyncio
+(types), :mod:`._chain` (the chain it writes to), :mod:`._flow`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._chain import Chain
+    from ._flow import WriteFlow
+
+__all__ = ["GATHER_MAX", "GATHER_SMALL", "WriteGatherer"]
+
+#: Gathering small writes (layers only): a write of less than this...
+GATHER_SMALL = 32 * 1024
+#: ...that follows another write in the same turn of the event loop waits
+#: with the others, to be encrypted at once, at the end of the turn or when
+#: this many bytes (or the high-water mark) are waiting.
+GATHER_MAX = 64 * 1024
+
+
+class WriteGatherer:
+    """The writes of one turn, on their way into the chain."""
+
+    __slots__ = ("_buf", "_buffered_size", "_chain", "_flow", "_loop", "_room", "_turn_ended")
+
+    def __init__(
+        self,
+        chain: Chain,
+        flow: WriteFlow,
+        buffered_size: Callable[[], int],
+        turn_ended: Callable[[], None],
+    ) -> None:
+        self._chain = chain
+        self._flow = flow
+        #: Bytes written by the application and not yet taken by the kernel.
+        self._buffered_size = buffered_size
+        #: Called at the end of a turn, after what was gathered went out.
+        self._turn_ended = turn_ended
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Small writes made since the first write of this turn of the loop
+        #: (None: no write yet this turn, the next one goes out at once).
+        self._buf: bytearray | None = None
+        #: Bytes the next write may have gathered without any check (below
+        #: GATHER_SMALL and below the flush point).
+        self._room = 0
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def size(self) -> int:
+        """Bytes gathered, waiting for the end of the turn."""
+        buf = self._buf
+        return len(buf) if buf is not None else 0
+
+    @property
+    def gathering(self) -> bool:
+        """A write went out this turn: the next small ones are gathered."""
+        return self._buf is not None
+
+    def try_append(self, data: bytes) -> bool:
+        """Gather ``data`` if that needs no look at flow control (the fast
+        path of ``OnionTransport.write``); False: call :meth:`write`."""
+        n = len(data)
+        buf = self._buf
+        if n < self._room and n < GATHER_SMALL and buf is not None:
+            buf += data
+            self._room -= n
+            return True
+        return False
+
+    def write(self, data: bytes) -> None:
+        """An application write (non-empty; the connection takes writes)."""
+        chain = self._chain
+        buf = self._buf
+        if buf is not None:
+            if len(data) < GATHER_SMALL:
+                buf += data
+                if len(buf) >= GATHER_MAX or self._buffered_size() > self._flow.high:
+                    self.flush()
+            else:
+                self.flush()
+                chain.write(data)
+            self._room = self._compute_room()
+            return
+        chain.write(data)
+        loop = self._loop
+        if loop is not None and chain.innermost() is not None and not loop.is_closed():
+            loop.call_soon(self._end_turn)
+            self._buf = bytearray()
+            self._room = self._compute_room()
+
+    def _compute_room(self) -> int:
+        buf = self._buf
+        if buf is None:
+            return 0
+        return max(0, min(GATHER_MAX - len(buf), self._flow.high - self._buffered_size()))
+
+    def limits_changed(self) -> None:
+        """The water marks moved: the next write recomputes the room."""
+        self._room = 0
+
+    def flush(self) -> None:
+        """Send what is gathered into the chain now (before a layer change,
+        a close, an EOF, or when the peer may read)."""
+        buf = self._buf
+        if buf:
+            # A fresh buffer for what comes next: the chain may keep this one
+            # (queued behind a handshake or a stop), and it is never touched.
+            self._buf = bytearray()
+            self._chain.write(buf)
+            self._room = 0  # the next write recomputes it
+
+    def _end_turn(self) -> None:
+        self.flush()
+        self.stop()
+        self._turn_ended()
+
+    def stop(self) -> None:
+        """The next write goes out at once (what is gathered is dropped)."""
+        self._buf = None
+        self._room = 0
