@@ -164,20 +164,22 @@ class LayerOps:
         one is under way, another future for the same pop.  Returns the
         future and whether a pop began."""
         layer = chain.innermost()
-        stop = self._stop
-        if stop is not None and layer is stop.layer and not chain.finishing:
-            return stop.waiter(loop), False  # the same pop: one more waiter
-        if layer is None:
-            self._stop = None
-            chain.stop_tls()  # raises: there is no layer
+        if layer is None or chain.finishing:
+            # Refused (no layer; closing or closed) before anything is
+            # touched: a pop already under way keeps its waiters.
+            chain.stop_tls()  # raises
             raise AssertionError("unreachable")  # pragma: no cover
+        stop = self._stop
+        if stop is not None and layer is stop.layer:
+            return stop.waiter(loop), False  # the same pop: one more waiter
         # Registered before the chain begins the pop: it may end at once.
         op = self._stop = Op(layer)
         fut = op.waiter(loop)
         try:
             chain.stop_tls()
         except BaseException:
-            self._stop = None
+            if self._stop is op:
+                self._stop = None
             raise
         logger.debug("layer %d: stop_tls (close_notify sent or queued)", layer.depth)
         if self._stop is op and timeout is not None:

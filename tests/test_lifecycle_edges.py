@@ -30,6 +30,7 @@ from OpenSSL import SSL
 import onion_tls
 from onion_tls import (
     HandshakeError,
+    LayerStateError,
     OnionError,
     OnionProtocol,
     StreamWriter,
@@ -634,6 +635,30 @@ async def test_clean_close_answered_with_stop_tls_is_clean_with_streams(
 
 
 # -- 8. cancelling a waiter ------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("depth", [1, 2])
+async def test_stop_tls_refused_after_close_keeps_the_pending_pop(
+    onion_ca: OnionCA, engine: Engine, depth: int
+) -> None:
+    """A stop is pending, then close(): a later stop_tls() is refused
+    (LayerStateError) without losing the pending pop; its future still
+    ends (here with the popped layer, once the peer answers), nothing
+    hangs."""
+    async with connect("memory") as pair:
+        await push(pair, onion_ca, depth, engine)
+        pair.s.eof_result = True  # the peer answers later, by hand
+        first = pair.client.stop_tls()
+        await pair.s.wait_eof()
+        pair.client.close()
+        with pytest.raises(LayerStateError):
+            pair.client.stop_tls()
+        assert not first.done()
+        pair.server.stop_tls()
+        popped = await asyncio.wait_for(first, WAIT)
+        assert popped.depth == depth
+        assert await pair.c.wait_lost() is None
 
 
 @pytest.mark.parametrize("engine", ENGINES)
