@@ -111,11 +111,12 @@ class RecordFramer:
                 self._partial += chunk[pos:]
                 self._chunk, self._pos = _EMPTY, 0
             return None
-        why = check_header(chunk[pos : pos + PREVIEW_SIZE])
-        if why is not None:
-            self.error = why
+        length = (chunk[pos + 3] << 8) | chunk[pos + 4]
+        if not (20 <= chunk[pos] <= 24 and chunk[pos + 1] == 3 and length <= MAX_RECORD_BODY):
+            # (the test check_header() makes, inline: this runs per record)
+            self.error = check_header(chunk[pos : pos + PREVIEW_SIZE])
             return None
-        end = pos + HEADER_SIZE + ((chunk[pos + 3] << 8) | chunk[pos + 4])
+        end = pos + HEADER_SIZE + length
         if end > len(chunk):
             self._partial += chunk[pos:]
             self._chunk, self._pos = _EMPTY, 0
