@@ -75,6 +75,11 @@ _EMPTY = memoryview(b"")
 
 
 class LayerState(enum.Enum):
+    # Members are singletons compared by identity: hash them the same way,
+    # in C (Enum's own __hash__ is Python code, and the per-record checks
+    # ``state in _READING`` would pay for it several times per record).
+    __hash__ = object.__hash__
+
     HANDSHAKING = "handshaking"
     OPEN = "open"
     PEER_CLOSED = "peer closed"  # their close_notify read; ours not sent
