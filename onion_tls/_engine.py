@@ -78,6 +78,10 @@ class Engine(Protocol):
         a handshake (a TLS 1.2 renegotiation) is under way: call again
         after the next read."""
 
+    def trim(self) -> bool:
+        """Give back memory kept from a burst of traffic while nothing is
+        in flight (an idle connection); False when the engine cannot."""
+
     def take_output(self) -> bytes | bytearray:
         """Return (and forget) the ciphertext waiting to go to the peer (a
         new object: the caller may keep it)."""

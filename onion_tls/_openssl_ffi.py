@@ -58,6 +58,10 @@ DIRECT_API = _lib is not None and all(
         "SSL_get_session",
         "SSL_get1_session",
         "SSL_SESSION_free",
+        "SSL_set_bio",
+        "BIO_new",
+        "BIO_s_mem",
+        "BIO_free",
     )
 )
 #: OpenSSL can check the server's name itself (:meth:`Binding.check_name`).
@@ -225,6 +229,30 @@ class Binding:
         buf = bytearray(size)
         _lib.BIO_read(self._wbio, _ffi.from_buffer(buf), size)
         return buf
+
+    def renew_bios(self) -> bool:
+        """Replace both memory BIOs with new, empty ones when both are
+        empty: a memory BIO keeps the largest size it ever held (a 256 KiB
+        write leaves the outgoing one at ~330 KiB for the life of the
+        layer), so an idle layer gives that back.  ``SSL_set_bio`` frees the
+        old ones; the ``Connection``'s own references are updated, so its
+        public ``bio_read``/``bio_write`` keep working.  False (nothing
+        done) while a BIO holds bytes.  Public fallback: none (the BIOs are
+        kept)."""
+        null = _ffi.NULL
+        if _lib.BIO_get_mem_data(self._rbio, null) or _lib.BIO_get_mem_data(self._wbio, null):
+            return False
+        rbio = _lib.BIO_new(_lib.BIO_s_mem())
+        wbio = _lib.BIO_new(_lib.BIO_s_mem())
+        if rbio == _ffi.NULL or wbio == _ffi.NULL:  # pragma: no cover - out of memory
+            for bio in (rbio, wbio):
+                if bio != _ffi.NULL:
+                    _lib.BIO_free(bio)
+            return False
+        _lib.SSL_set_bio(self._ssl, rbio, wbio)
+        self._conn._into_ssl = self._rbio = rbio
+        self._conn._from_ssl = self._wbio = wbio
+        return True
 
     def session_reused(self) -> bool:
         """``SSL_session_reused``.  Public fallback: the engine's info

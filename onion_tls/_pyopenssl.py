@@ -346,6 +346,9 @@ class PyOpenSSLEngine:
             raise err from None
         return True
 
+    def trim(self) -> bool:
+        return False  # the public API cannot renew the Connection's BIOs
+
     def take_output(self) -> bytes | bytearray:
         out = b""
         while True:
@@ -462,6 +465,9 @@ class DirectPyOpenSSLEngine(PyOpenSSLEngine):
 
     def take_output(self) -> bytes | bytearray:
         return self._ffi.take_output()
+
+    def trim(self) -> bool:
+        return self._ffi.renew_bios()
 
     def session_reused(self) -> bool:
         return self._handshake_done and self._ffi.session_reused()

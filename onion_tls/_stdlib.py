@@ -181,6 +181,12 @@ class StdlibEngine:
         logger.debug("layer %d: alert sent: warning close_notify", self.depth)
         return True
 
+    def trim(self) -> bool:
+        # An SSLObject keeps its MemoryBIOs for life (each as large as the
+        # most it ever held); OpenSSL already frees its record buffers
+        # while they are empty (the ssl module sets SSL_MODE_RELEASE_BUFFERS).
+        return False
+
     def take_output(self) -> bytes:
         return self._out.read() if self._out.pending else b""
 
