@@ -444,6 +444,16 @@ class Layer:
 
     # -- shutdown flow --------------------------------------------------------
 
+    def trim(self) -> bool:
+        """The connection is idle: let the engine give back what a burst
+        of traffic made it keep (see :meth:`Engine.trim`).  Not while
+        anything waits in this layer."""
+        if self._pending or self._framer.buffered() or self.held:
+            return False
+        if self.state is not LayerState.OPEN and self.state is not LayerState.PEER_CLOSED:
+            return False
+        return self.engine.trim()
+
     def begin_shutdown(self) -> None:
         """Send our close_notify (after the handshake, if one is running)."""
         state = self.state
