@@ -236,7 +236,7 @@ async def test_abort_sends_nothing_more(onion_ca: OnionCA, engine: Engine) -> No
         pair.client.abort()
         assert pair.client.is_closing()
         pair.pipe.auto = True
-        pair.pipe._kick()
+        pair.pipe.kick()
         with pytest.raises(HandshakeError, match="aborted") as info:
             await asyncio.wait_for(fc, WAIT)
         assert info.value.depth == 3

@@ -49,7 +49,7 @@ async def test_socket_buffer_pauses_and_resumes_the_app(
         assert flow_events(pair) == ["pause_writing"]
         assert pair.client.get_write_buffer_size() > 8192
         pair.pipe.auto = True
-        pair.pipe._kick()
+        pair.pipe.kick()
         await pair.s.expect(b"a" * 4000 + b"b" * 6000)
         assert flow_events(pair) == ["pause_writing", "resume_writing"]
         assert pair.client.get_write_buffer_size() == 0

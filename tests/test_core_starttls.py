@@ -180,7 +180,7 @@ async def test_pipelined_clienthello_in_a_later_read(
         assert srv.passed == b""
         assert len(pair.server.layers) == 1
         pair.pipe.auto = True
-        pair.pipe._kick()
+        pair.pipe.kick()
         await srv.upgraded()
         await asyncio.wait_for(fc, WAIT)
         await srv.expect(b"STARTTLS\r\n" + early(b"C"))
@@ -267,7 +267,7 @@ async def test_injected_plaintext_is_never_fed_to_the_layer(
         )
         pair.client.write(b"MAIL FROM:<good@example>\r\n")
         pair.pipe.auto = True
-        pair.pipe._kick()
+        pair.pipe.kick()
         await asyncio.wait_for(fc, WAIT)
         await srv.upgraded()
         await srv.wait_for(lambda: bool(srv.received_at(1)), "data in TLS")
@@ -386,7 +386,7 @@ async def test_upgrade_refused_while_earlier_data_waits_undelivered(
         pair.server.write(b"second record, same read;")
         await settle()
         pair.pipe.auto = True
-        pair.pipe._kick()
+        pair.pipe.kick()
         await cli.expect(b"first record;")
         await settle()
         assert not pair.client.is_reading()

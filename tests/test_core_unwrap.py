@@ -308,7 +308,7 @@ async def test_rewrap_pipelined_after_close_notify_in_backlog(
         )
         hs = asyncio.ensure_future(peer.handshake())
         pipe.auto = True
-        pipe._kick()
+        pipe.kick()
         await asyncio.wait_for(hs, WAIT)
         await asyncio.wait_for(fs, WAIT)
         pipe.pump()
@@ -357,7 +357,7 @@ async def test_rewrap_pipelined_after_close_notify_in_backlog(
         assert upgrade_stop and srv.eofs == 1
         assert pipe.step(pipe.a)  # the ClientHello, before any flush ran
         pipe.auto = True
-        pipe._kick()
+        pipe.kick()
         await srv.wait_for(lambda: bool(upgrade), "STARTTLS seen")
         # the old session's close_notify answer, then the new ServerHello
         await peer.read_until_close_notify()

@@ -302,20 +302,11 @@ def make_plan(seed: int) -> Plan:
 # -- certificates ------------------------------------------------------------------
 
 
-class RSAOnionCA(OnionCA):
-    """OnionCA whose server keys are RSA: fixed-length signatures, so the
-    records of a seeded case are laid out the same on every run."""
-
-    def server_cert(self, depth: int) -> trustme.LeafCert:
-        name = self.hostname(depth)
-        if name not in self._servers:
-            self._servers[name] = self.ca.issue_cert(name, key_type=trustme.KeyType.RSA)
-        return self._servers[name]
-
-
 @functools.cache
-def fault_ca() -> RSAOnionCA:
-    return RSAOnionCA(trustme.CA(key_type=trustme.KeyType.RSA))
+def fault_ca() -> OnionCA:
+    """Server keys are RSA: fixed-length signatures, so the records of a
+    seeded case are laid out the same on every run."""
+    return OnionCA(trustme.CA(key_type=trustme.KeyType.RSA), server_key_type=trustme.KeyType.RSA)
 
 
 @functools.cache
@@ -373,30 +364,30 @@ class FaultPipe(MemoryPipe):
         self.ticks = 0
 
     # scheduling
-    def _kick(self) -> None:
+    def kick(self) -> None:
         if self._tick is None:
-            self._tick = self._loop.call_soon(self._run_tick)
+            self._tick = self.loop.call_soon(self._run_tick)
 
     def _run_tick(self) -> None:
         self._tick = None
         self.ticks += 1
-        actions, wake = self._actions(self._loop.time())
+        actions, wake = self._actions(self.loop.time())
         if actions:
             kind, src = self.rng.choice(actions)
             getattr(self, f"_do_{kind}")(src)
-            if self._tick is None and self._actions(self._loop.time())[0]:
+            if self._tick is None and self._actions(self.loop.time())[0]:
                 if self.rng.random() < 0.1:
-                    self._tick = self._loop.call_later(0.0002, self._run_tick)
+                    self._tick = self.loop.call_later(0.0002, self._run_tick)
                 else:
-                    self._tick = self._loop.call_soon(self._run_tick)
+                    self._tick = self.loop.call_soon(self._run_tick)
             elif self._tick is None:
-                self._kick_at(self._actions(self._loop.time())[1])
+                self._kick_at(self._actions(self.loop.time())[1])
         else:
             self._kick_at(wake)
 
     def _kick_at(self, when: float | None) -> None:
         if when is not None and self._tick is None:
-            self._tick = self._loop.call_at(when, self._run_tick)
+            self._tick = self.loop.call_at(when, self._run_tick)
 
     def _actions(self, now: float) -> tuple[list[tuple[str, MemoryTransport]], float | None]:
         """What can happen now, and when something may become possible."""
@@ -404,17 +395,17 @@ class FaultPipe(MemoryPipe):
         wake: float | None = None
         for src in (self.a, self.b):
             dst, wire = src.peer, self.wires[src.name]
-            if not src._lost:
+            if not src.lost:
                 if src.outgoing and wire.size < WIRE_CAPACITY:
                     actions.append(("send", src))
-                elif not src.outgoing and (src._closing or src._eof_written) and not wire.fin:
+                elif not src.outgoing and (src.closing or src.eof_written) and not wire.fin:
                     actions.append(("fin", src))
-            if wire.rst and not dst._lost and not wire.chunks and wire.fin <= wire.fin_delivered:
+            if wire.rst and not dst.lost and not wire.chunks and wire.fin <= wire.fin_delivered:
                 actions.append(("rst", src))  # after the FIN, if one is on its way
             if wire.chunks or (wire.fin and not wire.fin_delivered):
-                if dst._lost:
+                if dst.lost:
                     actions.append(("drop", src))
-                elif dst._reading:  # else resume_reading() kicks
+                elif dst.reading:  # else resume_reading() kicks
                     if wire.ready_at is None or now >= wire.ready_at:
                         actions.append(("deliver", src))
                     else:
@@ -425,15 +416,13 @@ class FaultPipe(MemoryPipe):
     def _do_send(self, src: MemoryTransport) -> None:
         """The sender's kernel takes what its transport buffered."""
         wire = self.wires[src.name]
-        data = b"".join(src.outgoing)
-        src.outgoing.clear()
-        src._out_size = 0
-        src._maybe_pause()
+        data = src.drop_outgoing()
+        src.update_flow()
         if wire.blackhole or not data:
             return
         if wire.ready_at is None:
             lag = self.plan.delay if src.name == self.plan.delayed else 0.0
-            wire.ready_at = self._loop.time() + lag
+            wire.ready_at = self.loop.time() + lag
         wire.chunks.append(data)
         wire.size += len(data)
 
@@ -442,8 +431,8 @@ class FaultPipe(MemoryPipe):
         wire.fin = True
         if wire.blackhole:
             wire.fin_delivered = True
-        if src._closing:
-            self._connection_lost(src, None)
+        if src.closing:
+            self.lose(src, None)
 
     def _do_drop(self, src: MemoryTransport) -> None:
         """Bytes for a socket that is gone: TCP answers with an RST, which
@@ -452,12 +441,12 @@ class FaultPipe(MemoryPipe):
         had_data = bool(wire.chunks)
         wire.clear()
         wire.fin_delivered = True
-        if had_data and not src._lost:
+        if had_data and not src.lost:
             self.wires[src.peer.name].rst = True
 
     def _do_rst(self, src: MemoryTransport) -> None:
         self.wires[src.name].rst = False
-        self._reset(src.peer)
+        self.reset(src.peer)
 
     def _do_deliver(self, src: MemoryTransport) -> None:
         wire, dst, name = self.wires[src.name], src.peer, src.name
@@ -488,23 +477,23 @@ class FaultPipe(MemoryPipe):
         if data:
             dst.protocol.data_received(data)  # type: ignore[union-attr]
         if action is not None:
-            self._fire(action, src)
+            self.fire(action, src)
 
-    def _fire(self, action: str, src: MemoryTransport) -> None:
+    def fire(self, action: str, src: MemoryTransport) -> None:
         self.fired = f"{action} after {self.delivered[src.name]} bytes {src.name}->{src.peer.name}"
         dst, wire = src.peer, self.wires[src.name]
         if action == "reset":
-            self._reset(src)
-            self._reset(dst)
+            self.reset(src)
+            self.reset(dst)
         else:  # eof, stall: nothing more arrives from src, ever
             wire.blackhole = True
             wire.clear()
             wire.fin_delivered = True  # a FIN from src will never arrive either
-            if action == "eof" and not dst._lost:
+            if action == "eof" and not dst.lost:
                 keep = dst.protocol.eof_received()  # type: ignore[union-attr]
                 if not keep:
                     dst.close()
-        self._kick()
+        self.kick()
 
     def _piece_size(self, total: int) -> int:
         mode = self.plan.chunking
@@ -539,11 +528,11 @@ class FaultPipe(MemoryPipe):
             wire.ready_at = None
         return bytes(out)
 
-    def _reset(self, t: MemoryTransport) -> None:
+    def reset(self, t: MemoryTransport) -> None:
         # An RST: nothing in flight either way survives.
         self.wires[t.name].clear()
         self.wires[t.peer.name].clear()
-        super()._reset(t)
+        super().reset(t)
 
 
 # -- the applications ----------------------------------------------------------------
@@ -756,7 +745,7 @@ class Case:
                             data = bytes([data[0] ^ fault.value[0]]) + data[1:]
                         else:
                             data = fault.value + data
-                        case.fault_hit = {"depth": depth, "time": case.pipe._loop.time()}
+                        case.fault_hit = {"depth": depth, "time": case.pipe.loop.time()}
             stream.extend(data)
             original(data)
 
@@ -1155,7 +1144,7 @@ def _watch_eof(case: Case) -> None:
     if fault is None or fault.kind != "eof":
         return
     pipe = case.pipe
-    fire = pipe._fire
+    fire = pipe.fire
 
     def watched(action: str, src: MemoryTransport) -> None:
         dst = src.peer.name
@@ -1167,7 +1156,7 @@ def _watch_eof(case: Case) -> None:
             case.eof_inside_tls = dst
         fire(action, src)
 
-    pipe._fire = watched  # type: ignore[method-assign]
+    pipe.fire = watched  # type: ignore[method-assign]
 
 
 def failure_text(plan: Plan, problems: list[str], case: Case) -> str:

@@ -92,15 +92,15 @@ def test_proxy_from_url_parses_schemes_ports_and_decodes_credentials() -> None:
     assert p.url == "https://proxy.example:3128"  # no credentials in messages
     assert "wörd" not in repr(p) and "p@ss" not in repr(p)
     # RFC 7617: base64 of UTF-8 "user:password".
-    assert p._authorization() == "Basic YWwgaWNlOnBAc3M6d8O2cmQ="
+    assert p.authorization() == "Basic YWwgaWNlOnBAc3M6d8O2cmQ="
     assert Proxy.from_url("http://10.0.0.1").port == 80
     assert Proxy.from_url("https://10.0.0.1/").port == 443
     v6 = Proxy.from_url("http://[::1]:8080")
     assert (v6.host, v6.address, v6.url) == ("::1", "[::1]:8080", "http://[::1]:8080")
-    assert Proxy.from_url("http://u@h:1")._authorization() == "Basic dTo="
-    assert Proxy.from_url("http://h:1")._authorization() is None
-    assert Proxy.from_url("https://h:1", server_hostname="")._tls_name() is None
-    assert Proxy.from_url("https://h:1")._tls_name() == "h"
+    assert Proxy.from_url("http://u@h:1").authorization() == "Basic dTo="
+    assert Proxy.from_url("http://h:1").authorization() is None
+    assert Proxy.from_url("https://h:1", server_hostname="").tls_name() is None
+    assert Proxy.from_url("https://h:1").tls_name() == "h"
 
 
 @pytest.mark.parametrize(

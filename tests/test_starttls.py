@@ -18,6 +18,7 @@ import pytest
 from onion_tls import HandshakeError, OnionError, StreamWriter, TLSLayer, open_connection
 from onion_tls import starttls as st
 from onion_tls._records import check_header
+from onion_tls.starttls._common import Talk
 from onion_tls.streams import start_server
 from onion_tls.testing import ENGINES, Engine, OnionCA
 
@@ -46,12 +47,12 @@ class Outcome:
     (its connection closed)."""
 
     def __init__(self) -> None:
-        self._done = asyncio.get_running_loop().create_future()
+        self.finished = asyncio.get_running_loop().create_future()
         self.result: Any = None
         self.error: BaseException | None = None
 
     async def wait(self) -> Any:
-        await asyncio.wait_for(asyncio.shield(self._done), WAIT)
+        await asyncio.wait_for(asyncio.shield(self.finished), WAIT)
         if self.error is not None:
             raise self.error
         return self.result
@@ -72,7 +73,7 @@ async def serve(handler: Handler) -> AsyncIterator[tuple[int, Outcome]]:
             writer.close()
             with contextlib.suppress(ConnectionError, OnionError):
                 await writer.wait_closed()
-            outcome._done.set_result(None)
+            outcome.finished.set_result(None)
 
     server = await start_server(cb, "127.0.0.1", 0)
     try:
@@ -80,7 +81,7 @@ async def serve(handler: Handler) -> AsyncIterator[tuple[int, Outcome]]:
     finally:
         server.close()
         await server.wait_closed()
-        await asyncio.wait_for(asyncio.shield(outcome._done), WAIT)
+        await asyncio.wait_for(asyncio.shield(outcome.finished), WAIT)
 
 
 async def close(writer: StreamWriter) -> None:
@@ -524,13 +525,13 @@ async def test_server_takes_a_client_hello_pipelined_after_the_command(
     before, command, _, _ = CLIENT_SCRIPTS[protocol]
     sctx = onion_ca.server_context(1, engine)
     early_bytes: list[bytes] = []
-    upgrade_server = st._Talk.upgrade_server
+    upgrade_server = Talk.upgrade_server
 
-    def spy(talk: st._Talk, context: Any, early: bytes, timeout: float | None) -> Any:
+    def spy(talk: Talk, context: Any, early: bytes, timeout: float | None) -> Any:
         early_bytes.append(early)
         return upgrade_server(talk, context, early, timeout)
 
-    monkeypatch.setattr(st._Talk, "upgrade_server", spy)
+    monkeypatch.setattr(Talk, "upgrade_server", spy)
 
     async def handler(reader: asyncio.StreamReader, w: StreamWriter) -> Any:
         layer = await SERVERS[protocol](reader, w, sctx)

@@ -14,6 +14,7 @@ import pytest
 from onion_tls import HandshakeError, StreamWriter
 from onion_tls import starttls as st
 from onion_tls._cli_client import Options, Step, run_client
+from onion_tls.starttls._common import UPGRADE
 from onion_tls.testing import OnionCA
 
 from .test_cli import cli, cli_env
@@ -64,7 +65,7 @@ async def test_client_starttls_refused(onion_ca: OnionCA, protocol: str) -> None
         status, out = await client_run(port, [Step("send", "never")], Options(starttls=protocol))
         await outcome.wait()
     assert status == 1
-    assert f"! {st._UPGRADE[protocol]}: " in out and words in out
+    assert f"! {UPGRADE[protocol]}: " in out and words in out
     assert "> never" not in out  # the other steps do not run
     assert out.rstrip().endswith("* closed")
 

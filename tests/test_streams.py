@@ -226,7 +226,7 @@ async def test_peer_close_notify_is_a_layer_eof_and_the_reader_goes_on(
     assert popped.depth == 1 and cw.layers == ()
     assert not cr.at_eof()
     pair.pipe.auto = True
-    pair.pipe._kick()
+    pair.pipe.kick()
     assert (await stop).depth == 1
     assert await cr.readexactly(22) == b"plaintext right behind"
     sw.write(b"more\n")
@@ -329,7 +329,7 @@ async def test_drain_waits_for_flow_control(onion_ca: OnionCA, depth: int) -> No
         await asyncio.sleep(0)
     assert not any(d.done() for d in drains)  # nothing moves: still paused
     pair.pipe.auto = True
-    pair.pipe._kick()
+    pair.pipe.kick()
     got = await sr.readexactly(100_000)
     await asyncio.gather(*drains)
     assert got == b"z" * 100_000
@@ -455,8 +455,7 @@ async def test_a_drain_waiting_when_the_connection_fails_raises_the_error(
     assert not drain.done()
     pair.pipe.b.outgoing.clear()
     pair.pipe.b.write_eof()  # the server's socket: FIN without close_notify
-    pair.pipe.a.outgoing.clear()
-    pair.pipe.a._out_size = 0
+    pair.pipe.a.drop_outgoing()
     pair.pipe.pump()
     with pytest.raises(TruncatedError):
         await drain

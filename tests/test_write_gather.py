@@ -67,7 +67,7 @@ def assert_same(got: bytes | bytearray, want: bytes, what: str) -> None:
 def wire(end: MemoryTransport) -> bytes:
     """Everything ``end`` was given to send: moved across the pipe already,
     then still in its buffer."""
-    return bytes(end._pipe.sent[end.name]) + b"".join(end.outgoing)
+    return bytes(end.pipe.sent[end.name]) + b"".join(end.outgoing)
 
 
 def records(data: bytes) -> list[tuple[int, int]]:
@@ -106,7 +106,7 @@ def hold(pair: Pair) -> MemoryPipe:
 
 def release(pipe: MemoryPipe) -> None:
     pipe.auto = True
-    pipe._kick()
+    pipe.kick()
 
 
 def flow_events(rec: Recorder) -> list[str]:
