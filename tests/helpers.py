@@ -259,7 +259,7 @@ class Pair(OnionPair):
     async def teardown(self) -> None:
         """Abort whatever is still open and wait for both connection_lost."""
         for onion in (self.client_onion, self.server_onion):
-            if not onion._lost:
+            if not onion.connection_gone:
                 onion.transport.abort()
         for rec in (self.c, self.s):
             await rec.wait_lost()
