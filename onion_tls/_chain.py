@@ -29,21 +29,11 @@ the application writes in answer to those bytes goes after the held
 writes).  It runs at most once: a popped layer is no longer linked and is
 never the innermost again.
 
-The connection's life (:class:`ConnState`), moved only by
-:meth:`Chain._set_state` through a table of allowed moves::
-
-            stop_tls()              their close_notify (pop)
-    OPEN ---------------> STOP_PENDING ----------------------> OPEN
-     |  their close_notify                 stop_tls() (pop at once)
-     +--------------------> PEER_CLOSED -----------------------> OPEN
-     |                                  (a pop may uncover another
-     |                                   PEER_CLOSED layer, or EOF)
-     |  close() (any of the above)
-     +--------------------> CLOSING ----> CLOSED   (socket closing)
-    abort(), connection lost: CLOSED;  a failure: BROKEN (terminal)
-
-Whether the end of the socket was clean or a truncation is decided in one
-place, :meth:`Chain._verdict`, for an EOF and for a lost connection alike.
+The connection's life (:class:`~._lifecycle.ConnState`: its states, the
+table of allowed moves and the verdict on the end of the socket) is set out
+in :mod:`._lifecycle`; the chain moves it, only through
+:meth:`Chain._set_state`, and asks :func:`~._lifecycle.verdict` whether an
+EOF or a lost connection was clean or a truncation.
 
 Bounds (DESIGN rule 12): the bytes held for the application - decrypted
 data waiting while it paused reading or while a stop is pending, bytes that
@@ -58,22 +48,28 @@ the application's own calls (``write``, ``start_tls``, ``stop_tls``,
 delivered by :meth:`Chain.flush_deliveries`, which the adapter schedules.
 The same backlog holds data while the application has paused reading.
 
-The chain has no clock and no event loop; the adapter
+The head and the tail, with the tail's delivery backlog, live in
+:mod:`._ends`; this module owns the links between them, the lifecycle and
+the verdict.  The chain has no clock and no event loop; the adapter
 (:mod:`onion_tls._transport`) owns timers, futures and flow control.
 
-Imports: :mod:`._engine` (the type), :mod:`._layer`, :mod:`.errors` - never
-asyncio.
+Imports: :mod:`._engine` (the type), :mod:`._ends`, :mod:`._layer`,
+:mod:`._lifecycle`, :mod:`.errors` - never asyncio.
 """
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
+from ._ends import ChainHooks, Head, Tail
 from ._engine import Engine
 from ._layer import Layer, LayerState, Node
+from ._lifecycle import ENDED as _ENDED
+from ._lifecycle import FINISHING as _FINISHING
+from ._lifecycle import PEER_DONE as _PEER_DONE
+from ._lifecycle import ConnState, check_move, verdict
 from .errors import HandshakeError, LayerStateError, OnionError, TruncatedError
 
 if TYPE_CHECKING:
@@ -86,214 +82,6 @@ __all__ = ["READ_HIGH_WATER", "Chain", "ChainHooks", "ConnState"]
 #: peer's close_notify while the application decides) before reading from
 #: the socket pauses.  One socket read (256 KiB) may come on top.
 READ_HIGH_WATER = 256 * 1024
-
-
-class ConnState(enum.Enum):
-    """Where the connection is in its life (see the module docstring)."""
-
-    OPEN = "open"
-    STOP_PENDING = "stop pending"  # our close_notify on the innermost layer; theirs awaited
-    PEER_CLOSED = "peer closed"  # their close_notify on the innermost layer; the app decides
-    CLOSING = "closing"  # close(): close_notify on every layer, then the socket
-    CLOSED = "closed"  # the socket is closed or going (close, abort, lost)
-    BROKEN = "broken"  # failed for good (``Chain.error`` says why)
-
-
-_C = ConnState
-_MOVES: dict[ConnState, frozenset[ConnState]] = {
-    _C.OPEN: frozenset({_C.STOP_PENDING, _C.PEER_CLOSED, _C.CLOSING, _C.CLOSED, _C.BROKEN}),
-    _C.STOP_PENDING: frozenset({_C.OPEN, _C.PEER_CLOSED, _C.CLOSING, _C.CLOSED, _C.BROKEN}),
-    _C.PEER_CLOSED: frozenset({_C.OPEN, _C.STOP_PENDING, _C.CLOSING, _C.CLOSED, _C.BROKEN}),
-    _C.CLOSING: frozenset({_C.CLOSED, _C.BROKEN}),
-    _C.CLOSED: frozenset({_C.BROKEN}),  # a close that timed out
-    _C.BROKEN: frozenset(),
-}
-#: States in which nothing more is delivered to the application, and it may
-#: neither write nor change layers.
-_FINISHING = frozenset({_C.CLOSING, _C.CLOSED, _C.BROKEN})
-_ENDED = frozenset({_C.CLOSED, _C.BROKEN})
-#: Layer states in which the peer's close_notify has been read.
-_PEER_DONE = frozenset({LayerState.PEER_CLOSED, LayerState.CLOSED})
-
-
-class ChainHooks(Protocol):
-    """What the chain needs from the world around it (the adapter)."""
-
-    def write_raw(self, data: bytes | bytearray | memoryview) -> None:
-        """Send ciphertext of the outermost layer (or plaintext) to the socket."""
-
-    def deliver_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Hand application data to the application protocol (``data`` is
-        valid only during the call)."""
-
-    def app_buffer(self, size: int) -> memoryview | None:
-        """The application's own buffer to decrypt into (a
-        ``BufferedProtocol``), or None to use :meth:`deliver_data`."""
-
-    def app_buffer_filled(self, nbytes: int) -> None:
-        """``nbytes`` were written at the start of the last app_buffer()."""
-
-    def deliver_eof(self) -> bool | None:
-        """Tell the application of EOF; return what ``eof_received`` said."""
-
-    def schedule_flush(self) -> None:
-        """Call :meth:`Chain.flush_deliveries` soon, outside the current call stack."""
-
-    def handshake_done(self, layer: Layer) -> None: ...
-
-    def layer_abandoned(self, layer: Layer, exc: OnionError) -> None:
-        """``layer`` will never finish its handshake or its pop (the
-        application closed the connection meanwhile); the connection lives
-        on, its futures fail with ``exc``."""
-
-    def layer_popped(self, layer: Layer) -> None: ...
-
-    def failed(self, exc: OnionError) -> None:
-        """The connection is broken for good: close it and fail futures."""
-
-    def close_raw(self) -> None:
-        """Every close_notify is sent: close the socket after its buffer."""
-
-
-class Head:
-    """The outer sentinel: the raw transport."""
-
-    def __init__(self, hooks: ChainHooks) -> None:
-        self._hooks = hooks
-        self.inner: Node
-
-    def receive(self, data: bytes | bytearray | memoryview) -> None:  # pragma: no cover
-        raise AssertionError("nothing is outside the head")
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._hooks.write_raw(data)
-
-
-class _Eof:
-    """An EOF waiting in the tail's backlog; ``layer`` is the layer whose
-    close_notify it is, or None for the socket's EOF in plaintext."""
-
-    __slots__ = ("layer",)
-
-    def __init__(self, layer: Layer | None) -> None:
-        self.layer = layer
-
-
-class Tail:
-    """The inner sentinel: the application protocol.
-
-    Deliveries wait in a backlog while the application has paused reading,
-    while it is inside one of its own calls into the transport, or while
-    earlier deliveries are still waiting; order is always kept.  Only the
-    chain drives it (the adapter asks the chain).
-    """
-
-    def __init__(self, chain: Chain, hooks: ChainHooks) -> None:
-        self._chain = chain
-        self._hooks = hooks
-        self.outer: Node
-        self._backlog: deque[bytes | _Eof] = deque()
-        #: Bytes of data in the backlog.
-        self.held = 0
-        self.paused = False
-
-    def _may_deliver_now(self) -> bool:
-        return not (self._backlog or self.paused or self._chain.in_app_call)
-
-    def receive(self, data: bytes | bytearray | memoryview) -> None:
-        if self._chain.state in _FINISHING:
-            # As with asyncio's transports: after close() or abort(), no more
-            # data is received (a close still reads what its shutdown needs).
-            return
-        if self._may_deliver_now():
-            self._hooks.deliver_data(data)
-            return
-        self.push_back(bytes(data), front=False)
-
-    def push_back(self, data: bytes, *, front: bool) -> None:
-        """Keep ``data`` for a later delivery, behind (or before) the rest."""
-        if front:
-            self._backlog.appendleft(data)
-        else:
-            self._backlog.append(data)
-        self.held += len(data)
-        if not self.paused:
-            self._hooks.schedule_flush()
-
-    def app_buffer(self, size: int) -> memoryview | None:
-        if self._chain.state in _FINISHING or not self._may_deliver_now():
-            return None
-        return self._hooks.app_buffer(size)
-
-    def app_buffer_filled(self, nbytes: int) -> None:
-        self._hooks.app_buffer_filled(nbytes)
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:  # pragma: no cover
-        raise AssertionError("nothing is inside the tail")
-
-    def eof(self, layer: Layer | None) -> None:
-        if self._chain.state in _FINISHING:
-            return
-        if self._may_deliver_now():
-            self._deliver_eof(layer)
-            return
-        self._backlog.append(_Eof(layer))
-        if not self.paused:
-            self._hooks.schedule_flush()
-
-    def _deliver_eof(self, layer: Layer | None) -> None:
-        keep_open = self._hooks.deliver_eof()
-        self._chain.after_eof(bool(keep_open), layer)
-
-    @property
-    def waiting(self) -> bool:
-        return bool(self._backlog)
-
-    def flush(self) -> None:
-        backlog = self._backlog
-        if self._chain.state in _FINISHING:
-            self.discard()
-            return
-        while backlog and not self.paused and not self._chain.in_app_call:
-            item = backlog.popleft()
-            if isinstance(item, _Eof):
-                self._deliver_eof(item.layer)
-                continue
-            self.held -= len(item)
-            if backlog and isinstance(backlog[0], bytes):
-                # Everything that waited is handed over in one call, so an
-                # application that upgrades from data_received sees all the
-                # bytes that came before the upgrade and can pass them as
-                # initial_bytes (none is delivered after the splice).
-                parts = [item]
-                while backlog and isinstance(backlog[0], bytes):
-                    more = backlog.popleft()
-                    assert isinstance(more, bytes)
-                    self.held -= len(more)
-                    parts.append(more)
-                item = b"".join(parts)
-            self._hooks.deliver_data(item)
-
-    def deliver_last(self) -> None:
-        """The connection is lost: hand over the data that was decrypted
-        before the end (not EOFs), unless reading is paused; drop the rest."""
-        while self._backlog and not self.paused:
-            item = self._backlog.popleft()
-            if isinstance(item, bytes):
-                self.held -= len(item)
-                self._hooks.deliver_data(item)
-        self.discard()
-
-    def discard(self) -> None:
-        self._backlog.clear()
-        self.held = 0
-
-    def drop_eof(self, layer: Layer) -> None:
-        """Forget an EOF of ``layer`` not yet delivered (it was popped)."""
-        if any(isinstance(x, _Eof) and x.layer is layer for x in self._backlog):
-            self._backlog = deque(
-                x for x in self._backlog if not (isinstance(x, _Eof) and x.layer is layer)
-            )
 
 
 class Chain:
@@ -313,7 +101,8 @@ class Chain:
         self.stopping: Layer | None = None
         #: Application writes made while a stop is pending: they go out
         #: through the layer beneath once the pop is done.
-        self._held_writes: deque[bytes | bytearray] = deque()
+        #: (made on first use: most connections never stop a layer)
+        self._held_writes: deque[bytes | bytearray] | None = None
         self._held_size = 0
         #: The socket reached EOF (an independent fact: any state).
         self.peer_eof = False
@@ -325,12 +114,13 @@ class Chain:
         self._advance_again = False
 
     def _set_state(self, new: ConnState) -> None:
-        old = self.state
-        if new is old:
-            return
-        if new not in _MOVES[old]:
-            raise AssertionError(f"connection: illegal move {old.value} -> {new.value}")
+        check_move(self.state, new)
         self.state = new
+
+    def _verdict(self, exc: BaseException | None) -> BaseException | None:
+        return verdict(
+            self.state, self.layers(), exc, peer_eof=self.peer_eof, tls_ended=self._tls_ended
+        )
 
     # -- introspection ----------------------------------------------------------
 
@@ -464,47 +254,6 @@ class Chain:
         # else every layer was closed by the peer: the application has had
         # its eof_received() (or has it waiting in the backlog).
 
-    def _verdict(self, exc: BaseException | None) -> BaseException | None:
-        """Clean or truncated: what the end of the socket (EOF, or its loss
-        with ``exc``) means, given where the connection is.  The one place
-        that decides it."""
-        ours = self.state is ConnState.CLOSING or self.state is ConnState.CLOSED
-        if ours and (exc is None or self.peer_eof):
-            return None
-        layers = self.layers()
-        if not layers:
-            if exc is not None and self._tls_ended:
-                # The peer ended TLS on every layer, then dropped its socket
-                # before our answering close_notify got there.
-                return None
-            return exc  # plaintext: as the socket said it
-        for layer in reversed(layers):
-            state = layer.state
-            if state in _PEER_DONE or state is LayerState.BROKEN:
-                continue
-            how = (
-                "the connection ended"
-                if exc is None
-                else f"the connection was lost ({type(exc).__name__}: {exc})"
-            )
-            err: OnionError
-            if state is LayerState.HANDSHAKING:
-                who = "the peer closed the connection" if exc is None else how
-                err = HandshakeError(f"{who} during the handshake", depth=layer.depth)
-            elif state is LayerState.CLOSING:
-                err = TruncatedError(
-                    f"{how} before the peer answered our close_notify", depth=layer.depth
-                )
-            else:
-                err = TruncatedError(
-                    f"{how} without the peer's close_notify (truncated; a clean "
-                    "close sends close_notify first)",
-                    depth=layer.depth,
-                )
-            err.__cause__ = exc
-            return err
-        return None  # the peer closed every layer: a clean end
-
     # -- splice and pop -------------------------------------------------------
 
     def next_depth(self) -> int:
@@ -607,6 +356,8 @@ class Chain:
             self._held_size -= len(data)
             self._tls_ended = False
             self.tail.outer.write(data)
+        if not self._held_writes:
+            self._held_writes = None
         if trailing and self.state not in _ENDED:
             self._tls_ended = False
             inner.receive(trailing)
@@ -661,6 +412,8 @@ class Chain:
         if self.state in _FINISHING:
             return False
         if self.stopping is not None:
+            if self._held_writes is None:
+                self._held_writes = deque()
             self._held_writes.append(data)
             self._held_size += len(data)
             return True

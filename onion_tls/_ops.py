@@ -3,20 +3,24 @@
 Owns what the application awaits while a layer changes: per handshake and
 per pop an :class:`Op` (the layer, its timer, the futures handed out), the
 layers' shutdown timeouts for ``close()``, and failing every future when
-the connection ends.  It begins handshakes and pops on the chain; the chain
-decides *when* they end, and this module tells the waiters.  A timeout
-breaks the connection through the ``fail`` it is given (``Chain.fail``).
+the connection ends.  It checks ``start_tls``'s arguments and builds the
+layer's engine (:mod:`._engines`), then begins handshakes and pops on the
+chain; the chain decides *when* they end, and this module tells the
+waiters.  A timeout breaks the connection through the ``fail`` it is given
+(``Chain.fail``).
 
-Imports: asyncio, :mod:`._log`, :mod:`._chain`, :mod:`._engine` and
-:mod:`._layer` (types), :mod:`._view` (the type), :mod:`.errors`.
+Imports: asyncio, :mod:`._log`, :mod:`._engines`, :mod:`._chain`,
+:mod:`._engine` and :mod:`._layer` (types), :mod:`._view` (the type),
+:mod:`.errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
+from ._engines import new_engine
 from ._log import logger
 from .errors import HandshakeError, HandshakeTimeoutError, OnionError, TLSTimeoutError
 
@@ -28,7 +32,19 @@ if TYPE_CHECKING:
     from ._layer import Layer
     from ._view import TLSLayer
 
-__all__ = ["LayerOps", "Op", "check_timeout"]
+__all__ = ["LayerOps", "Op", "StartArgs", "check_timeout"]
+
+
+class StartArgs(TypedDict):
+    """``start_tls``'s arguments, as the transport passes them on."""
+
+    context: object
+    server_side: bool
+    server_hostname: str | None
+    initial_bytes: bytes | bytearray | memoryview
+    session: object | None
+    handshake_timeout: float | None
+    shutdown_timeout: float | None
 
 
 def check_timeout(name: str, value: float | None) -> float | None:
@@ -102,6 +118,32 @@ class LayerOps:
 
     # -- handshakes -------------------------------------------------------------
 
+    def push(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        chain: Chain,
+        args: StartArgs,
+        send_written: Callable[[], None],
+    ) -> asyncio.Future[TLSLayer]:
+        """``start_tls``: check ``args``, build the engine and :meth:`start`;
+        ``send_written`` first sends what the application wrote before (it
+        goes outside the new layer)."""
+        timeout = check_timeout("handshake_timeout", args["handshake_timeout"])
+        close_timeout = check_timeout("shutdown_timeout", args["shutdown_timeout"])
+        send_written()
+        server_side, server_hostname = args["server_side"], args["server_hostname"]
+        if server_side and server_hostname:
+            raise ValueError("server_hostname is only meaningful with server_side=False")
+        engine = new_engine(
+            args["context"],
+            server_side=server_side,
+            server_hostname=server_hostname,
+            session=args["session"],
+            depth=chain.next_depth(),
+        )
+        initial = bytes(args["initial_bytes"])
+        return self.start(loop, chain, engine, initial, timeout, close_timeout)
+
     def start(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -157,12 +199,32 @@ class LayerOps:
 
     # -- pops -------------------------------------------------------------------
 
+    def popped_after_end(
+        self, loop: asyncio.AbstractEventLoop, chain: Chain
+    ) -> asyncio.Future[TLSLayer] | None:
+        """``stop_tls`` once the connection is lost: a done future if the
+        peer had closed the innermost layer (:meth:`Chain.pop_after_end`),
+        else None."""
+        popped = chain.pop_after_end()
+        if popped is None:
+            return None
+        done: asyncio.Future[TLSLayer] = loop.create_future()
+        done.set_result(popped.view)
+        return done
+
     def stop(
-        self, loop: asyncio.AbstractEventLoop, chain: Chain, timeout: float | None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        chain: Chain,
+        timeout: float | None,
+        send_written: Callable[[], None],
     ) -> tuple[asyncio.Future[TLSLayer], bool]:
         """Begin the pop of the innermost layer, timed by ``timeout``; while
         one is under way, another future for the same pop.  Returns the
-        future and whether a pop began."""
+        future and whether a pop began.  ``send_written`` first sends what
+        the application wrote before (it goes inside the layer)."""
+        timeout = check_timeout("timeout", timeout)
+        send_written()
         layer = chain.innermost()
         if layer is None or chain.finishing:
             # Refused (no layer; closing or closed) before anything is

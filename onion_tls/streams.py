@@ -4,11 +4,12 @@ and a :class:`StreamWriter` that can push and pop TLS layers.
 Theory of operation
 -------------------
 
-The reader is a plain ``asyncio.StreamReader``; the writer is this module's
+The reader is an ``asyncio.StreamReader`` (:mod:`._stream_reader`'s, which
+raises a truncation where the EOF would be); the writer is this module's
 :class:`StreamWriter`.  Between them and the :class:`~onion_tls.OnionTransport`
-sits :class:`StreamProtocol`, our own version of asyncio's
-``StreamReaderProtocol``: it feeds the reader, answers flow control for
-``drain()``, and gives the writer to ``client_connected_cb``.
+sits :class:`StreamProtocol` (:mod:`._stream_protocol`), our own version of
+asyncio's ``StreamReaderProtocol``: it feeds the reader, answers flow
+control for ``drain()``, and gives the writer to ``client_connected_cb``.
 
 Two rules make one reader last across layer changes:
 
@@ -32,27 +33,26 @@ Two rules make one reader last across layer changes:
   feeds them to the new layer; ``writer.take_buffered()`` alone discards
   them.
 
-``StreamReader`` has no public way to take its buffer or to clear its EOF
-flag; the two helpers that do (:func:`_take_buffer`, :func:`_reopen`) touch
-``_buffer``/``_eof``, which are the same on Python 3.11 to 3.13, and a test
-checks they still exist.
+Only :mod:`._stream_reader` reaches into a ``StreamReader`` (to take its
+buffer, to clear its EOF flag).
 
-Imports: asyncio, :mod:`._log`, :mod:`._transport`, :mod:`._view`,
-:mod:`.errors`.  :class:`StreamProtocol` (not in ``__all__``) is
-package-internal: :mod:`onion_tls.testing` builds stream pairs with it.
+Imports: asyncio, :mod:`._stream_protocol`, :mod:`._stream_reader`,
+:mod:`._transport`, :mod:`._view`, :mod:`.errors`.  :class:`StreamProtocol`
+(not in ``__all__``) is package-internal: :mod:`onion_tls.testing` builds
+stream pairs with it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import ssl as _ssl
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from ._log import logger
+from . import _stream_protocol
+from ._stream_reader import DEFAULT_LIMIT, StreamReader, buffered_size, take_buffer
 from ._transport import OnionProtocol, OnionTransport
-from .errors import LayerStateError, TruncatedError
+from .errors import LayerStateError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -64,288 +64,6 @@ if TYPE_CHECKING:
     ]
 
 __all__ = ["StreamWriter", "open_connection", "start_server"]
-
-
-_DEFAULT_LIMIT = 2**16  # 64 KiB, as asyncio
-
-
-# -- the two places that reach into StreamReader ------------------------------
-
-
-def _take_buffer(reader: asyncio.StreamReader) -> bytes:
-    """Remove and return the bytes ``reader`` holds unread."""
-    buf: bytearray = reader._buffer  # type: ignore[attr-defined]
-    data = bytes(buf)
-    buf.clear()
-    reader._maybe_resume_transport()  # type: ignore[attr-defined]
-    return data
-
-
-def _buffered_size(reader: asyncio.StreamReader) -> int:
-    return len(reader._buffer)  # type: ignore[attr-defined]
-
-
-def _reopen(reader: asyncio.StreamReader) -> None:
-    """Take back an EOF fed by a layer that has since been popped."""
-    reader._eof = False  # type: ignore[attr-defined]
-
-
-class _StreamReader(asyncio.StreamReader):
-    """asyncio's ``StreamReader``, with one difference: a truncation (the
-    connection ended inside a TLS layer without its close_notify) is raised
-    where the EOF would have been returned, so that everything received and
-    verified before it can still be read (``read(n)`` returns it and then
-    raises :class:`~onion_tls.TruncatedError` instead of ``b""``;
-    ``readexactly``/``readuntil`` raise it instead of
-    ``IncompleteReadError``; ``readline`` returns a last partial line first)."""
-
-    _truncation: TruncatedError | None = None
-    _eof_means_partial = False
-
-    def feed_truncation(self, exc: TruncatedError) -> None:
-        self._truncation = exc
-        self.feed_eof()
-
-    def _check_truncation(self) -> None:
-        if self._truncation is not None:
-            raise self._truncation
-
-    async def read(self, n: int = -1) -> bytes:
-        if n < 0:
-            # (asyncio's read(-1) calls read(limit) in a loop: through this
-            # class it would raise at the end instead of returning the data)
-            blocks = []
-            while block := await super().read(_DEFAULT_LIMIT):
-                blocks.append(block)
-            data = b"".join(blocks)
-        else:
-            data = await super().read(n)
-        if not data and n != 0:
-            self._check_truncation()
-        return data
-
-    async def readline(self) -> bytes:
-        # asyncio's readline() calls readuntil() and returns the partial
-        # line of an IncompleteReadError: keep that for the last line.
-        self._eof_means_partial = True
-        try:
-            line = await super().readline()
-        finally:
-            self._eof_means_partial = False
-        if not line:
-            self._check_truncation()
-        return line
-
-    async def readuntil(self, separator: bytes = b"\n") -> bytes:  # type: ignore[override]
-        try:
-            return await super().readuntil(separator)
-        except asyncio.IncompleteReadError as exc:
-            if self._truncation is not None and not self._eof_means_partial:
-                raise self._truncation from exc
-            raise
-
-    async def readexactly(self, n: int) -> bytes:
-        try:
-            return await super().readexactly(n)
-        except asyncio.IncompleteReadError as exc:
-            if self._truncation is not None:
-                raise self._truncation from exc
-            raise
-
-
-# -- the protocol -------------------------------------------------------------
-
-
-class StreamProtocol(asyncio.Protocol):
-    """asyncio's StreamReaderProtocol, made aware of layers."""
-
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        client_connected_cb: ClientConnectedCallback | None = None,
-        *,
-        server_ssl: Any = None,
-        handshake_timeout: float | None = 60.0,
-        shutdown_timeout: float | None = 30.0,
-        tasks: set[asyncio.Task[None]] | None = None,
-        accepted: bool | None = None,
-    ) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._reader: asyncio.StreamReader | None = reader
-        self._cb = client_connected_cb
-        self._server_ssl = server_ssl
-        self._handshake_timeout = handshake_timeout
-        self._shutdown_timeout = shutdown_timeout
-        self._tasks = tasks
-        #: This end accepted the connection: the TLS server by default.
-        self.server_side = accepted if accepted is not None else client_connected_cb is not None
-        self._transport: OnionTransport | None = None
-        self._writer: StreamWriter | None = None
-        #: The layer whose close_notify fed EOF to the reader (None: no EOF,
-        #: or a final one).
-        self._eof_layer: TLSLayer | None = None
-        self._final_eof = False
-        self._closed: asyncio.Future[None] = self._loop.create_future()
-        self._closed.add_done_callback(_consume)
-        self._lost = False
-        self._paused = False
-        self._drain_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    # -- asyncio.Protocol ---------------------------------------------------
-
-    @property
-    def writer(self) -> StreamWriter | None:
-        """The writer, once connected (package-internal: for
-        ``onion_tls.testing``'s in-memory stream pairs)."""
-        return self._writer
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, OnionTransport), "use onion_tls.wrap()"
-        self._transport = transport
-        reader = self._reader
-        assert reader is not None
-        reader.set_transport(transport)
-        self._writer = StreamWriter(transport, self, reader, self._loop)
-        if self._cb is not None:
-            task = self._loop.create_task(self._serve(reader, self._writer))
-            if self._tasks is not None:
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-
-    def data_received(self, data: bytes) -> None:
-        reader = self._reader
-        if reader is None:
-            return
-        self._reopen_if_popped()
-        reader.feed_data(data)
-
-    def eof_received(self) -> bool:
-        reader = self._reader
-        transport = self._transport
-        self._reopen_if_popped()
-        layers = transport.layers if transport is not None else ()
-        if layers:
-            # The peer's close_notify on the innermost layer: the end of
-            # that session's data, not of the connection.  Keep it open: the
-            # application answers with stop_tls() (or closes).
-            self._eof_layer = layers[-1]
-        else:
-            self._eof_layer = None
-            self._final_eof = True
-        if reader is not None:
-            reader.feed_eof()
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = True
-        self._eof_layer = None
-        self._final_eof = True
-        reader = self._reader
-        if reader is not None:
-            if exc is None:
-                reader.feed_eof()
-            elif isinstance(exc, TruncatedError) and isinstance(reader, _StreamReader):
-                reader.feed_truncation(exc)
-            else:
-                reader.set_exception(exc)
-        if not self._closed.done():
-            if exc is None:
-                self._closed.set_result(None)
-            else:
-                self._closed.set_exception(exc)
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                if exc is None:
-                    waiter.set_result(None)
-                else:
-                    waiter.set_exception(exc)
-        self._reader = None
-        self._transport = None
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    # -- layers ---------------------------------------------------------------
-
-    def _reopen_if_popped(self) -> None:
-        """If the layer that fed EOF to the reader is gone, take the EOF back:
-        what comes next is the layer beneath's."""
-        layer = self._eof_layer
-        transport = self._transport
-        if layer is None or self._final_eof or transport is None:
-            return
-        if layer in transport.layers:
-            return
-        self._eof_layer = None
-        if self._reader is not None:
-            _reopen(self._reader)
-        # If the layer beneath has ended too (its close_notify, or the
-        # socket's EOF, came while the popped layer was above it), the chain
-        # calls eof_received() for it right after the pop.
-
-    def _layer_popped(self, fut: asyncio.Future[TLSLayer]) -> None:
-        if not fut.cancelled() and fut.exception() is None:
-            self._reopen_if_popped()
-
-    # -- flow control ---------------------------------------------------------
-
-    async def _drain_helper(self) -> None:
-        if self._lost:
-            raise ConnectionResetError("Connection lost")
-        if not self._paused:
-            return
-        waiter = self._loop.create_future()
-        self._drain_waiters.append(waiter)
-        try:
-            await waiter
-        finally:
-            self._drain_waiters.remove(waiter)
-
-    # -- server side ----------------------------------------------------------
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: StreamWriter) -> None:
-        assert self._cb is not None
-        if self._server_ssl is not None:
-            try:
-                await writer.start_tls(
-                    self._server_ssl,
-                    server_side=True,
-                    handshake_timeout=self._handshake_timeout,
-                    shutdown_timeout=self._shutdown_timeout,
-                )
-            except Exception as exc:  # noqa: BLE001 - the connection is closed already
-                logger.info("%s: handshake failed, connection dropped: %s", _peer(writer), exc)
-                return
-        try:
-            res = self._cb(reader, writer)
-            if res is not None:
-                await res
-        except Exception as exc:  # noqa: BLE001 - reported as asyncio does
-            self._loop.call_exception_handler(
-                {
-                    "message": "Unhandled exception in client_connected_cb",
-                    "exception": exc,
-                    "transport": writer.transport,
-                }
-            )
-            writer.transport.abort()
-
-
-def _consume(fut: asyncio.Future[None]) -> None:
-    # wait_closed() may never be called: don't report the error twice.
-    if not fut.cancelled():
-        fut.exception()
-
-
-def _peer(writer: StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
 
 
 # -- the writer ---------------------------------------------------------------
@@ -399,13 +117,13 @@ class StreamWriter:
         right behind ``STARTTLS``), or drop it (plaintext sent before the
         upgrade, which must not be taken as protected).
         """
-        data = _take_buffer(self._reader)
+        data = take_buffer(self._reader)
         # Reading was paused with more data waiting in the onion (the reader
         # was full): that data arrived before the upgrade too.  Hand it over
         # now, so that the caller's start_tls() finds nothing left behind.
         # (Taking the reader's buffer resumed reading, if it was paused.)
         self._transport.deliver_waiting()
-        while more := _take_buffer(self._reader):
+        while more := take_buffer(self._reader):
             data += more
             self._transport.deliver_waiting()
         return data
@@ -463,7 +181,7 @@ class StreamWriter:
             raise TypeError("start_tls() takes one context (context or sslcontext)")
         if context is None:
             context = sslcontext
-        pending = _buffered_size(self._reader)
+        pending = buffered_size(self._reader)
         if pending:
             raise LayerStateError(
                 f"the reader holds {pending} unread byte(s) that arrived before this "
@@ -499,10 +217,10 @@ class StreamWriter:
         if fut.done():
             # The peer had closed first: the pop is already done, and an
             # await of a done future does not yield, so reopen the reader now.
-            self._protocol._layer_popped(fut)
+            self._protocol.layer_popped(fut)
         else:
             # Runs before the awaiting task resumes (callbacks run in order).
-            fut.add_done_callback(self._protocol._layer_popped)
+            fut.add_done_callback(self._protocol.layer_popped)
         return fut
 
     # -- asyncio.StreamWriter -----------------------------------------------
@@ -532,7 +250,7 @@ class StreamWriter:
     async def wait_closed(self) -> None:
         """Wait until the connection is closed; raises what ended it, if it
         was an error."""
-        await self._protocol._closed
+        await self._protocol.closed
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._transport.get_extra_info(name, default)
@@ -546,7 +264,7 @@ class StreamWriter:
         if self._transport.is_closing():
             # Let connection_lost() run, so a write loop sees the error.
             await asyncio.sleep(0)
-        await self._protocol._drain_helper()
+        await self._protocol.drain_helper()
 
     def __del__(self) -> None:
         # As asyncio's StreamWriter (3.11.5+): an unclosed writer is a leak.
@@ -555,13 +273,26 @@ class StreamWriter:
             loop = self._loop
         except AttributeError:  # pragma: no cover - failed constructor
             return
-        if transport.is_closing() or self._protocol._lost:
+        if transport.is_closing() or self._protocol.lost:
             return
         if loop.is_closed():
             warnings.warn("loop is closed", ResourceWarning, stacklevel=1)
         else:
             self.close()
             warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=1)
+
+
+class StreamProtocol(_stream_protocol.StreamProtocol[StreamWriter]):
+    """The stream protocol whose writer is this module's :class:`StreamWriter`
+    (package-internal: :mod:`onion_tls.testing` builds stream pairs with it)."""
+
+    def make_writer(
+        self,
+        transport: OnionTransport,
+        reader: asyncio.StreamReader,
+        loop: asyncio.AbstractEventLoop,
+    ) -> StreamWriter:
+        return StreamWriter(transport, self, reader, loop)
 
 
 # -- opening and serving ------------------------------------------------------
@@ -582,7 +313,7 @@ async def open_connection(
     ssl_handshake_timeout: float | None = 60.0,
     ssl_shutdown_timeout: float | None = 30.0,
     session: object | None = None,
-    limit: int = _DEFAULT_LIMIT,
+    limit: int = DEFAULT_LIMIT,
     **kwds: Any,
 ) -> tuple[asyncio.StreamReader, StreamWriter]:
     """Connect and return ``(reader, writer)``, like
@@ -607,7 +338,7 @@ async def open_connection(
       HandshakeError: layer 1's handshake failed; the connection is closed.
     """
     loop = asyncio.get_running_loop()
-    reader = _StreamReader(limit=limit, loop=loop)
+    reader = StreamReader(limit=limit, loop=loop)
 
     def factory() -> OnionProtocol:
         return OnionProtocol(StreamProtocol(reader))
@@ -615,8 +346,8 @@ async def open_connection(
     # (typeshed splits host/port and sock= into two overloads)
     _, onion = await loop.create_connection(factory, host, port, **kwds)  # type: ignore[arg-type]
     app = onion.transport.get_protocol()
-    assert isinstance(app, StreamProtocol) and app._writer is not None
-    writer = app._writer
+    assert isinstance(app, StreamProtocol) and app.writer is not None
+    writer = app.writer
     context = _client_context(ssl)
     if context:
         if server_hostname is None:
@@ -644,7 +375,7 @@ async def start_server(
     ssl: Any = None,
     ssl_handshake_timeout: float | None = 60.0,
     ssl_shutdown_timeout: float | None = 30.0,
-    limit: int = _DEFAULT_LIMIT,
+    limit: int = DEFAULT_LIMIT,
     **kwds: Any,
 ) -> asyncio.Server:
     """Serve, like ``asyncio.start_server``: ``client_connected_cb(reader,
@@ -665,7 +396,7 @@ async def start_server(
     tasks: set[asyncio.Task[None]] = set()
 
     def factory() -> OnionProtocol:
-        reader = _StreamReader(limit=limit, loop=loop)
+        reader = StreamReader(limit=limit, loop=loop)
         proto = StreamProtocol(
             reader,
             client_connected_cb,
