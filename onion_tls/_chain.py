@@ -191,6 +191,16 @@ class Chain:
             node = node.inner
         return False
 
+    def trim(self) -> None:
+        """The connection is idle: each layer may give back the memory a
+        burst of traffic made its engine keep (:mod:`onion_tls._idle`)."""
+        if self.state in _ENDED:
+            return
+        node = self.head.inner
+        while isinstance(node, Layer):
+            node.trim()
+            node = node.inner
+
     def wants_input(self) -> bool:
         """Should the socket be read now?  Not while ``READ_HIGH_WATER``
         bytes are held (whatever the state: rule 12), nor while the

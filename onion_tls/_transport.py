@@ -37,6 +37,7 @@ from ._chain import Chain
 from ._deliver import AppDelivery
 from ._flow import WriteFlow
 from ._gather import WriteGatherer
+from ._idle import IdleTrim
 from ._log import logger
 from ._ops import LayerOps
 from ._raw import RawSide
@@ -76,6 +77,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
             self._chain, self._write_flow, self.buffered_size, self._update_app_writing
         )
         self._read_loan = _buffers.Loan()
+        self._idle = IdleTrim(self._chain)
         self._flush_scheduled = False
         #: What the application talks to.
         self.transport = OnionTransport(self, self._chain, self._gather)
@@ -86,6 +88,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         self._raw.transport = transport  # type: ignore[assignment]
         self._loop = asyncio.get_running_loop()
         self._gather.attach(self._loop)
+        self._idle.attach(self._loop)
         self._app.protocol.connection_made(self.transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -111,6 +114,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         self._raw.lost = True
         self._read_loan.drop()
         self._gather.stop()
+        self._idle.stop()
         self._raw.cancel_timer()
         # Clean or not is the chain's verdict; data decrypted before the
         # end still reaches the application first.
@@ -188,6 +192,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         self.sync_reading()
 
     def _update_app_writing(self) -> None:
+        self._idle.touch()  # (after every read, write and layer change)
         queued = self._chain.queued_size() + self._gather.size()
         paused = self._write_flow.update(queued, lost=self._raw.lost)
         if paused is not None:
@@ -198,16 +203,12 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
 
     @property
     def layer_chain(self) -> Chain:
-        """The sans-IO chain of this connection (package-internal: for the
-        test suite and tools that look inside; applications use
-        :attr:`OnionTransport.layers`)."""
+        """The sans-IO chain (package-internal: for tests and tools)."""
         return self._chain
 
     @property
     def raw_transport(self) -> asyncio.Transport | None:
-        """The raw transport: None before connection_made() and after
-        connection_lost() (kept during it, so the application may still ask
-        for its extra info)."""
+        """The raw transport (None before connection_made, after connection_lost)."""
         return self._raw.transport
 
     @property
@@ -285,6 +286,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
 
     def abort_connection(self) -> None:
         self._gather.stop()
+        self._idle.stop()
         self._chain.abort()  # nothing more is sent or delivered
         self._ops.fail_all(OnionError("the connection was aborted"))
         self._raw.abort()

@@ -527,6 +527,9 @@ class Load:
             async with asyncio.timeout(args.time_limit):
                 await self.all_idle.wait()
                 t_idle = time.perf_counter()
+                # Idle for real: layers quiet for a while give back the
+                # memory their bursts left behind (onion_tls._idle).
+                await asyncio.sleep(args.settle)
                 c_idle = sample()
                 if tracemalloc.is_tracing():
                     heap_report("client", tracemalloc.take_snapshot(), self.at_depth2, sys.stdout)
@@ -609,6 +612,12 @@ def main() -> int:
         help="connections being set up (or torn down) at once",
     )
     parser.add_argument("--max-data", type=int, default=16_384)
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=5.0,
+        help="seconds all N stay idle at depth 2 before memory is sampled",
+    )
     parser.add_argument("--time-limit", type=float, default=300.0)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument(

@@ -61,3 +61,41 @@ async def test_no_trim_while_bytes_wait_in_a_bio(onion_ca: OnionCA) -> None:
             pytest.fail("the direct pyOpenSSL path is expected on this pyOpenSSL")
         engine.feed(b"\x17\x03\x03\x00\x05")  # type: ignore[attr-defined]
         assert engine.trim() is False  # type: ignore[attr-defined]
+
+
+async def test_an_idle_connection_is_trimmed_and_a_busy_one_is_not(
+    onion_ca: OnionCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The adapter trims a connection once it has been quiet for a period
+    (``onion_tls._idle.IDLE_TRIM``), never while traffic flows, and the
+    connection works on afterwards."""
+    from onion_tls import _idle
+    from onion_tls._layer import Layer
+
+    monkeypatch.setattr(_idle, "IDLE_TRIM", 0.05)
+    trims: list[Layer] = []
+    original = Layer.trim
+
+    def spy(layer: Layer) -> bool:
+        trims.append(layer)
+        return original(layer)
+
+    monkeypatch.setattr(Layer, "trim", spy)
+    async with connect("memory") as pair:
+        for d in (1, 2):
+            await start_layer(pair, onion_ca, d)
+        trims.clear()
+        # Busy: a write every 10 ms for 0.4 s (8 periods): no trim.
+        for i in range(40):
+            pair.client.write(b"%d;" % i)
+            await asyncio.sleep(0.01)
+        assert trims == []
+        # Quiet: trimmed within two periods, every layer, on both sides.
+        await asyncio.sleep(0.2)
+        assert len(trims) == 4, trims
+        pair.server.write(b"after")
+        await pair.c.wait_for(lambda: bytes(pair.c.data).endswith(b"after"), "data")
+        await pair.s.wait_for(lambda: bytes(pair.s.data).endswith(b"39;"), "data")
+        # Nothing more while idle: once per quiet period.
+        await asyncio.sleep(0.3)
+        assert len(trims) == 8, trims  # the "after" burst made one more period
