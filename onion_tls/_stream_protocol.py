@@ -16,6 +16,7 @@ Imports: asyncio, :mod:`._log`, :mod:`._stream_reader`, :mod:`._transport`,
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import collections
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -54,7 +55,7 @@ class Writer(Protocol):
 W = TypeVar("W", bound=Writer)
 
 
-class StreamProtocol(asyncio.Protocol, Generic[W]):
+class StreamProtocol(asyncio.Protocol, Generic[W], metaclass=abc.ABCMeta):
     """asyncio's StreamReaderProtocol, made aware of layers; its writer
     (``W``) comes from :meth:`make_writer`, which a subclass provides
     (:class:`onion_tls.streams.StreamProtocol`)."""
@@ -94,6 +95,7 @@ class StreamProtocol(asyncio.Protocol, Generic[W]):
         self._paused = False
         self._drain_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
+    @abc.abstractmethod
     def make_writer(
         self,
         transport: OnionTransport,
@@ -101,7 +103,6 @@ class StreamProtocol(asyncio.Protocol, Generic[W]):
         loop: asyncio.AbstractEventLoop,
     ) -> W:
         """The writer of this connection (called by connection_made)."""
-        raise NotImplementedError
 
     # -- asyncio.Protocol ---------------------------------------------------
 

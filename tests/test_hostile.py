@@ -34,11 +34,12 @@ import os
 from collections.abc import Callable
 
 import pytest
-from OpenSSL import SSL
 
 import onion_tls
 from onion_tls import HandshakeError, OnionError, TLSProtocolError
 from onion_tls.testing import ENGINES, OnionCA, OnionPair, memory_pair
+
+from .helpers import RawTLS, until
 
 
 class Peer(asyncio.Protocol):
@@ -69,92 +70,6 @@ class Peer(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost.append(exc)
-
-
-class RawTLS:
-    """A pyOpenSSL session driven by hand over an onion transport: its
-    ciphertext is written with ``transport.write``, so it runs at the depth
-    just inside the transport's layers.  No OP_NO_RENEGOTIATION, no checks:
-    the test decides what it sends."""
-
-    def __init__(
-        self, transport: asyncio.Transport, ctx: SSL.Context, *, server_side: bool
-    ) -> None:
-        self.transport = transport
-        self.conn = SSL.Connection(ctx, None)
-        if server_side:
-            self.conn.set_accept_state()
-        else:
-            self.conn.set_connect_state()
-        self.plain = bytearray()
-        self.error: SSL.Error | None = None
-        self.peer_closed = False
-        self.handshake_done = False
-        #: Cut every ciphertext write into pieces of this many bytes.
-        self.piece: int | None = None
-        #: While set, what arrives is buffered but not answered.
-        self.hold = False
-        self.held = 0
-
-    def start(self) -> None:
-        self.pump()
-
-    def feed(self, data: bytes) -> None:
-        self.conn.bio_write(data)
-        if self.hold:
-            self.held += len(data)
-        else:
-            self.pump()
-
-    def release(self) -> None:
-        self.hold = False
-        self.pump()
-
-    def pump(self) -> None:
-        try:
-            if not self.handshake_done:
-                self.conn.do_handshake()
-                self.handshake_done = True
-            while True:
-                self.plain += self.conn.recv(65536)
-        except SSL.WantReadError:
-            pass
-        except SSL.ZeroReturnError:
-            self.peer_closed = True
-        except SSL.Error as exc:
-            self.error = exc
-        self.flush()
-
-    def send(self, data: bytes) -> None:
-        self.conn.sendall(data)
-        self.flush()
-
-    def flush(self) -> None:
-        while True:
-            try:
-                out = self.conn.bio_read(65536)
-            except SSL.WantReadError:
-                return
-            if self.transport.is_closing():
-                return
-            if self.piece is None:
-                self.transport.write(out)
-            else:
-                for i in range(0, len(out), self.piece):
-                    self.transport.write(out[i : i + self.piece])
-
-    def write_raw(self, data: bytes) -> None:
-        """Bytes of layer k's stream that no correct engine would send."""
-        self.transport.write(data)
-
-
-async def until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.001)
 
 
 class Setup:

@@ -41,7 +41,17 @@ from onion_tls import (
 )
 from onion_tls.testing import ENGINES, Engine, OnionCA, stream_pair
 
-from .helpers import WAIT, ManualTLS, Pair, Recorder, connect, settle, start_layer
+from .helpers import (
+    WAIT,
+    ManualTLS,
+    Pair,
+    RawTLS,
+    Recorder,
+    connect,
+    settle,
+    start_layer,
+    until,
+)
 
 DEPTHS = (1, 2, 3)
 #: "About the read high-water mark": 1 MiB plus one chunk of slack.
@@ -64,15 +74,6 @@ async def push(pair: Pair, ca: OnionCA, upto: int, engine: Engine, **kw: Any) ->
         fs = pair.server.start_tls(ca.server_context(d, engine), server_side=True, **kw)
         fc = pair.client.start_tls(ca.client_context(engine), server_hostname=ca.hostname(d), **kw)
         await asyncio.wait_for(asyncio.gather(fc, fs), WAIT)
-
-
-async def until(cond: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.001)
 
 
 async def lost_within(rec: Recorder, seconds: float) -> BaseException | None:
@@ -156,56 +157,6 @@ class Flood:
             now = self.delivered()
             same = same + 1 if now == last else 0
             last = now
-
-
-class RawTLS:
-    """A pyOpenSSL session driven by hand over an onion transport (as in
-    test_hostile.py): it runs just inside the transport's layers and may
-    renegotiate."""
-
-    def __init__(self, transport: asyncio.Transport, ctx: SSL.Context, *, server_side: bool):
-        self.transport = transport
-        self.conn = SSL.Connection(ctx, None)
-        if server_side:
-            self.conn.set_accept_state()
-        else:
-            self.conn.set_connect_state()
-        self.plain = bytearray()
-        self.error: SSL.Error | None = None
-        self.peer_closed = False
-        self.handshake_done = False
-
-    def feed(self, data: bytes) -> None:
-        self.conn.bio_write(data)
-        self.pump()
-
-    def pump(self) -> None:
-        try:
-            if not self.handshake_done:
-                self.conn.do_handshake()
-                self.handshake_done = True
-            while True:
-                self.plain += self.conn.recv(65536)
-        except SSL.WantReadError:
-            pass
-        except SSL.ZeroReturnError:
-            self.peer_closed = True
-        except SSL.Error as exc:
-            self.error = exc
-        self.flush()
-
-    def send(self, data: bytes) -> None:
-        self.conn.sendall(data)
-        self.flush()
-
-    def flush(self) -> None:
-        while True:
-            try:
-                out = self.conn.bio_read(65536)
-            except SSL.WantReadError:
-                return
-            if not self.transport.is_closing():
-                self.transport.write(out)
 
 
 class Tapped(OnionProtocol):
