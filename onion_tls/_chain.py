@@ -416,24 +416,23 @@ class Chain:
 
     # -- outgoing flow --------------------------------------------------------
 
-    def write(self, data: bytes | bytearray) -> bool:
-        """An application write (``data`` is never modified afterwards).
-        False when the connection no longer takes writes (closing, closed)."""
+    def write(self, data: bytes | bytearray) -> None:
+        """An application write (``data`` is never modified afterwards);
+        dropped once the connection is finishing (the adapter counts those)."""
         if self.state in _FINISHING:
-            return False
+            return
         if self.stopping is not None:
             if self._held_writes is None:
                 self._held_writes = deque()
             self._held_writes.append(data)
             self._held_size += len(data)
-            return True
+            return
         self._tls_ended = False
         self._app_calls += 1
         try:
             self.tail.outer.write(data)
         finally:
             self._app_calls -= 1
-        return True
 
     # -- what layers report ---------------------------------------------------
 

@@ -71,11 +71,6 @@ class WriteGatherer:
         buf = self._buf
         return len(buf) if buf is not None else 0
 
-    @property
-    def gathering(self) -> bool:
-        """A write went out this turn: the next small ones are gathered."""
-        return self._buf is not None
-
     def try_append(self, data: bytes) -> bool:
         """Gather ``data`` if that needs no look at flow control (the fast
         path of ``OnionTransport.write``); False: call :meth:`write`."""

@@ -76,7 +76,6 @@ class MemoryTransport(asyncio.Transport):
         self._eof_sent = False
         self._lost = False
         self._reading = True
-        self._inbox: deque[bytes | None] = deque()
         self._high = 64 * 1024
         self._low = 16 * 1024
         self._write_paused = False
