@@ -30,8 +30,8 @@ from .common import (
     ECHO_WINDOW,
     HOST,
     MAX_HANDSHAKES,
-    MB,
     READ_BUFFER,
+    Meter,
     stdlib_context,
 )
 
@@ -129,9 +129,8 @@ class SocketClient:
             chunk = bytes(size)
             batch = max(1, BATCH // size)
             sent = 0
-            cpu = time.process_time()
-            start = time.perf_counter()
-            deadline = start + seconds
+            meter = Meter()
+            deadline = meter.start + seconds
             while True:
                 for _ in range(batch):
                     tls.sendall(chunk)
@@ -142,9 +141,8 @@ class SocketClient:
             sent += size
             if tls.recv(1) != b"K":
                 raise ConnectionError("the server closed the connection during the measurement")
-            elapsed = time.perf_counter() - start
-            cpu = time.process_time() - cpu
-        return {"value": sent / elapsed / MB, "cipher": cipher, "cpu": cpu, "work": sent}
+            result = meter.rate(sent, cipher)
+        return result
 
     def _echo(self, port: int, cell: Cell, seconds: float) -> dict[str, Any]:
         tls = self._connect(port)
@@ -157,10 +155,9 @@ class SocketClient:
             view = memoryview(bytearray(READ_BUFFER))
             sent = received = 0
             writing = True
-            cpu = time.process_time()
-            start = time.perf_counter()
-            deadline = start + seconds
-            stall = start + _TIMEOUT
+            meter = Meter()
+            deadline = meter.start + seconds
+            stall = meter.start + _TIMEOUT
             while writing or received < sent:
                 now = time.perf_counter()
                 writing = writing and now < deadline
@@ -190,9 +187,8 @@ class SocketClient:
                 if now > stall:
                     raise TimeoutError(f"echo: nothing moved for {_TIMEOUT:g} s")
                 select.select([tls], [tls] if blocked else [], [], 1.0)
-            elapsed = time.perf_counter() - start
-            cpu = time.process_time() - cpu
-        return {"value": sent / elapsed / MB, "cipher": cipher, "cpu": cpu, "work": sent}
+            result = meter.rate(sent, cipher)
+        return result
 
     def _handshakes(self, port: int, cell: Cell, seconds: float) -> dict[str, Any]:
         count = 0

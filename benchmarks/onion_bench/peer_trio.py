@@ -32,8 +32,8 @@ from .common import (
     ECHO_WINDOW,
     HOST,
     MAX_HANDSHAKES,
-    MB,
     READ_BUFFER,
+    Meter,
     stdlib_context,
 )
 
@@ -149,9 +149,8 @@ class TrioClient:
         chunk = bytes(size)
         batch = max(1, BATCH // size)
         sent = 0
-        cpu = time.process_time()
-        start = time.perf_counter()
-        deadline = start + seconds
+        meter = Meter()
+        deadline = meter.start + seconds
         while True:
             for _ in range(batch):
                 await s.send_all(chunk)
@@ -162,10 +161,9 @@ class TrioClient:
         sent += size
         if not await s.receive_some(READ_BUFFER):
             raise ConnectionError("the server closed the connection during the measurement")
-        elapsed = time.perf_counter() - start
-        cpu = time.process_time() - cpu
+        result = meter.rate(sent, cipher)
         await self._close(s)
-        return {"value": sent / elapsed / MB, "cipher": cipher, "cpu": cpu, "work": sent}
+        return result
 
     async def _echo(self, port: int, cell: Cell, seconds: float) -> dict[str, Any]:
         s = await self._connect(port, cell.depth)
@@ -176,9 +174,8 @@ class TrioClient:
         sent = received = 0
         writing = True
         progress = _Progress()
-        cpu = time.process_time()
-        start = time.perf_counter()
-        deadline = start + seconds
+        meter = Meter()
+        deadline = meter.start + seconds
 
         async def reader() -> None:
             nonlocal received
@@ -205,10 +202,9 @@ class TrioClient:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader)
             nursery.start_soon(writer)
-        elapsed = time.perf_counter() - start
-        cpu = time.process_time() - cpu
+        result = meter.rate(sent, cipher)
         await self._close(s)
-        return {"value": sent / elapsed / MB, "cipher": cipher, "cpu": cpu, "work": sent}
+        return result
 
     async def _handshakes(self, port: int, cell: Cell, seconds: float) -> dict[str, Any]:
         count = 0

@@ -56,7 +56,7 @@ from .common import (
     ECHO_WINDOW,
     HOST,
     MAX_HANDSHAKES,
-    MB,
+    Meter,
     same_key_exchange,
 )
 
@@ -318,9 +318,8 @@ class TwistedClient:
         chunk = bytes(size)
         batch = max(1, BATCH // size)
         sent = 0
-        cpu = time.process_time()
-        start = time.perf_counter()
-        deadline = start + seconds
+        meter = Meter()
+        deadline = meter.start + seconds
         while True:
             for _ in range(batch):
                 t.write(chunk)
@@ -334,11 +333,10 @@ class TwistedClient:
         t.write(bytes(size - 1) + b"\x01")
         sent += size
         await app.until(lambda: app.received >= 1)
-        elapsed = time.perf_counter() - start
-        cpu = time.process_time() - cpu
+        result = meter.rate(sent, cipher)
         t.unregisterProducer()
         await self._close(t, app)
-        return {"value": sent / elapsed / MB, "cipher": cipher, "cpu": cpu, "work": sent}
+        return result
 
     async def _echo(self, port: int, cell: Cell, seconds: float) -> dict[str, Any]:
         app = _Client()
@@ -349,9 +347,8 @@ class TwistedClient:
         chunk = bytes(size)
         batch = max(1, BATCH // size)
         sent = 0
-        cpu = time.process_time()
-        start = time.perf_counter()
-        deadline = start + seconds
+        meter = Meter()
+        deadline = meter.start + seconds
         while time.perf_counter() < deadline:
             n = 0
             while n < batch and not app.paused and sent - app.received < ECHO_WINDOW:
@@ -363,11 +360,10 @@ class TwistedClient:
             else:
                 await deferLater(reactor, 0)
         await app.until(lambda: app.received >= sent)
-        elapsed = time.perf_counter() - start
-        cpu = time.process_time() - cpu
+        result = meter.rate(sent, cipher)
         t.unregisterProducer()
         await self._close(t, app)
-        return {"value": sent / elapsed / MB, "cipher": cipher, "cpu": cpu, "work": sent}
+        return result
 
     async def _handshakes(self, port: int, cell: Cell, seconds: float) -> dict[str, Any]:
         count = 0

@@ -27,8 +27,8 @@ from .common import (
     ECHO_WINDOW,
     HOST,
     MAX_HANDSHAKES,
-    MB,
     READ_BUFFER,
+    Meter,
     pyopenssl_context,
     rss,
     stdlib_context,
@@ -405,9 +405,8 @@ async def _sink(kit: Kit, port: int, cell: Cell, seconds: float) -> dict[str, An
     chunk = bytes(size)
     batch = max(1, BATCH // size)
     sent = 0
-    cpu = time.process_time()
-    start = time.perf_counter()
-    deadline = start + seconds
+    meter = Meter()
+    deadline = meter.start + seconds
     while True:
         for _ in range(batch):
             t.write(chunk)
@@ -423,10 +422,9 @@ async def _sink(kit: Kit, port: int, cell: Cell, seconds: float) -> dict[str, An
     sent += size
     while app.received < 1:
         await app.wait()
-    elapsed = time.perf_counter() - start
-    cpu = time.process_time() - cpu
+    result = meter.rate(sent, cipher)
     await kit.close(t, app)
-    return {"value": sent / elapsed / MB, "cipher": cipher, "cpu": cpu, "work": sent}
+    return result
 
 
 async def _echo(kit: Kit, port: int, cell: Cell, seconds: float) -> dict[str, Any]:
@@ -437,9 +435,8 @@ async def _echo(kit: Kit, port: int, cell: Cell, seconds: float) -> dict[str, An
     chunk = bytes(size)
     batch = max(1, BATCH // size)
     sent = 0
-    cpu = time.process_time()
-    start = time.perf_counter()
-    deadline = start + seconds
+    meter = Meter()
+    deadline = meter.start + seconds
     while time.perf_counter() < deadline:
         n = 0
         while n < batch and not app.paused and sent - app.received < ECHO_WINDOW:
@@ -452,10 +449,9 @@ async def _echo(kit: Kit, port: int, cell: Cell, seconds: float) -> dict[str, An
             await asyncio.sleep(0)
     while app.received < sent:
         await app.wait()
-    elapsed = time.perf_counter() - start
-    cpu = time.process_time() - cpu
+    result = meter.rate(sent, cipher)
     await kit.close(t, app)
-    return {"value": sent / elapsed / MB, "cipher": cipher, "cpu": cpu, "work": sent}
+    return result
 
 
 async def _handshakes(kit: Kit, port: int, cell: Cell, seconds: float) -> dict[str, Any]:
