@@ -156,15 +156,19 @@ async def through_the_proxy(
     return answer, depth
 
 
-@pytest.mark.parametrize("aio", MODULES)
-async def test_tls_in_tls_through_a_proxy_snippet(onion_ca: OnionCA, aio: ModuleType) -> None:
-    # The servers stay asyncio's: the snippet under test is the client.
-    proxy = await https_proxy(asyncio, onion_ca.server_context(1, "stdlib"))
-    origin = await echo_origin(asyncio, onion_ca.server_context(2, "stdlib"))
+@pytest.mark.parametrize("server_mod", MODULES)
+@pytest.mark.parametrize("client_mod", MODULES)
+async def test_tls_in_tls_through_a_proxy_snippet(
+    onion_ca: OnionCA, client_mod: ModuleType, server_mod: ModuleType
+) -> None:
+    """The client, the HTTPS proxy and the origin written for asyncio; the
+    client's module and the servers' module each asyncio or onion_tls."""
+    proxy = await https_proxy(server_mod, onion_ca.server_context(1, "stdlib"))
+    origin = await echo_origin(server_mod, onion_ca.server_context(2, "stdlib"))
     try:
         answer, depth = await asyncio.wait_for(
             through_the_proxy(
-                aio,
+                client_mod,
                 proxy.sockets[0].getsockname()[1],
                 origin.sockets[0].getsockname()[1],
                 onion_ca,
@@ -177,27 +181,6 @@ async def test_tls_in_tls_through_a_proxy_snippet(onion_ca: OnionCA, aio: Module
             await server.wait_closed()
     assert answer == b"echo: hello origin\n"
     assert depth == 2
-
-
-async def test_onion_tls_servers_run_the_asyncio_proxy_snippet(onion_ca: OnionCA) -> None:
-    """The proxy and the origin written for asyncio, served by onion_tls."""
-    proxy = await https_proxy(onion_tls, onion_ca.server_context(1, "stdlib"))
-    origin = await echo_origin(onion_tls, onion_ca.server_context(2, "stdlib"))
-    try:
-        answer, _ = await asyncio.wait_for(
-            through_the_proxy(
-                asyncio,
-                proxy.sockets[0].getsockname()[1],
-                origin.sockets[0].getsockname()[1],
-                onion_ca,
-            ),
-            WAIT,
-        )
-    finally:
-        for server in (proxy, origin):
-            server.close()
-            await server.wait_closed()
-    assert answer == b"echo: hello origin\n"
 
 
 async def test_start_tls_takes_asyncios_argument_name(onion_ca: OnionCA) -> None:
