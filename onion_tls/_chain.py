@@ -95,6 +95,14 @@ class Chain:
         self.head.inner = self.tail
         self.tail.outer = self.head
         self.state = ConnState.OPEN
+        #: close(), abort(), a failure or the loss of the socket happened:
+        #: the application may not write or change layers any more, and
+        #: nothing more is delivered to it (``state in FINISHING``, kept by
+        #: :meth:`_set_state`: the per-record checks read a plain attribute).
+        self.finishing = False
+        #: Calls the application is making into the transport right now
+        #: (no delivery to it meanwhile).
+        self.app_calls = 0
         #: Why the connection broke (state BROKEN).
         self.error: OnionError | None = None
         #: The layer a ``stop_tls`` is popping (it stays linked until then).
@@ -109,13 +117,13 @@ class Chain:
         #: The last layer was popped and nothing moved since: the peer has
         #: ended TLS everywhere, so a reset now only means its socket is gone.
         self._tls_ended = False
-        self._app_calls = 0
         self._advancing = False
         self._advance_again = False
 
     def _set_state(self, new: ConnState) -> None:
         check_move(self.state, new)
         self.state = new
+        self.finishing = new in _FINISHING
 
     def _verdict(self, exc: BaseException | None) -> BaseException | None:
         return verdict(
@@ -137,27 +145,21 @@ class Chain:
         return node if isinstance(node, Layer) else None
 
     @property
-    def finishing(self) -> bool:
-        """close(), abort(), a failure or the loss of the socket happened:
-        the application may not write or change layers any more."""
-        return self.state in _FINISHING
-
-    @property
     def ended(self) -> bool:
         return self.state in _ENDED
 
     @property
     def in_app_call(self) -> bool:
-        return self._app_calls > 0
+        return self.app_calls > 0
 
     @contextmanager
     def app_call(self) -> Iterator[None]:
         """Mark a call made by the application: no delivery to it meanwhile."""
-        self._app_calls += 1
+        self.app_calls += 1
         try:
             yield
         finally:
-            self._app_calls -= 1
+            self.app_calls -= 1
 
     def queued_size(self) -> int:
         """Plaintext written by the application and waiting inside the chain
@@ -225,6 +227,12 @@ class Chain:
             tail.paused = False
             if tail.waiting:
                 self.hooks.schedule_flush()
+
+    def set_buffered_app(self, buffered: bool) -> None:
+        """Whether the application takes data into its own buffers (an
+        ``asyncio.BufferedProtocol``): the layers then ask for one before
+        each record they decrypt for it."""
+        self.tail.buffered = buffered
 
     def flush_deliveries(self) -> None:
         """Hand the application what waits for it (as far as it takes it)."""
@@ -419,7 +427,7 @@ class Chain:
     def write(self, data: bytes | bytearray) -> None:
         """An application write (``data`` is never modified afterwards);
         dropped once the connection is finishing (the adapter counts those)."""
-        if self.state in _FINISHING:
+        if self.finishing:
             return
         if self.stopping is not None:
             if self._held_writes is None:
@@ -428,11 +436,11 @@ class Chain:
             self._held_size += len(data)
             return
         self._tls_ended = False
-        self._app_calls += 1
+        self.app_calls += 1
         try:
             self.tail.outer.write(data)
         finally:
-            self._app_calls -= 1
+            self.app_calls -= 1
 
     # -- what layers report ---------------------------------------------------
 

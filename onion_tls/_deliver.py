@@ -34,6 +34,11 @@ class AppDelivery:
         self.protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
 
+    @property
+    def buffered(self) -> bool:
+        """The application is an ``asyncio.BufferedProtocol``."""
+        return self._buffered
+
     def data(self, data: bytes | bytearray | memoryview, chain: Chain) -> None:
         """Hand ``data`` (valid only during the call) to the application;
         if it pauses reading from ``buffer_updated``, the rest waits in

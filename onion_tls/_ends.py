@@ -70,11 +70,10 @@ class ChainHooks(Protocol):
 class ChainState(Protocol):
     """What the tail reads of the chain, and the one thing it reports."""
 
-    @property
-    def finishing(self) -> bool: ...
-
-    @property
-    def in_app_call(self) -> bool: ...
+    #: Nothing more is delivered to the application.
+    finishing: bool
+    #: Calls the application is making into the transport right now.
+    app_calls: int
 
     def after_eof(self, keep_open: bool, layer: Layer | None) -> None: ...
 
@@ -114,7 +113,7 @@ class Tail:
     chain drives it (the adapter asks the chain).
     """
 
-    __slots__ = ("_backlog", "_chain", "_hooks", "held", "outer", "paused")
+    __slots__ = ("_backlog", "_chain", "_hooks", "buffered", "held", "outer", "paused")
 
     def __init__(self, chain: ChainState, hooks: ChainHooks) -> None:
         self._chain = chain
@@ -126,9 +125,12 @@ class Tail:
         #: Bytes of data in the backlog.
         self.held = 0
         self.paused = False
+        #: The application takes data into its own buffers (ask
+        #: :meth:`app_buffer` before each record).
+        self.buffered = False
 
     def _may_deliver_now(self) -> bool:
-        return not (self._backlog or self.paused or self._chain.in_app_call)
+        return not (self._backlog or self.paused or self._chain.app_calls)
 
     def _queue(self) -> deque[bytes | _Eof]:
         backlog = self._backlog
@@ -137,11 +139,12 @@ class Tail:
         return backlog
 
     def receive(self, data: bytes | bytearray | memoryview) -> None:
-        if self._chain.finishing:
+        chain = self._chain
+        if chain.finishing:
             # As with asyncio's transports: after close() or abort(), no more
             # data is received (a close still reads what its shutdown needs).
             return
-        if self._may_deliver_now():
+        if not (self._backlog or self.paused or chain.app_calls):
             self._hooks.deliver_data(data)
             return
         self.push_back(bytes(data), front=False)
@@ -190,7 +193,7 @@ class Tail:
             self.discard()
             return
         # (the backlog is read again at each turn: a delivery may change it)
-        while (backlog := self._backlog) and not self.paused and not self._chain.in_app_call:
+        while (backlog := self._backlog) and not self.paused and not self._chain.app_calls:
             item = backlog.popleft()
             if isinstance(item, _Eof):
                 self._deliver_eof(item.layer)

@@ -100,6 +100,11 @@ class ReadSync:
     def __init__(self) -> None:
         self._raw_paused = False
 
+    @property
+    def reading(self) -> bool:
+        """The raw transport is reading (as far as we paused it)."""
+        return not self._raw_paused
+
     def sync(self, raw: asyncio.Transport, wants_input: bool) -> None:
         want_paused = not wants_input
         if want_paused != self._raw_paused:

@@ -5,7 +5,12 @@ The first write of a turn of the event loop is encrypted and sent at once
 (no added latency); small writes that follow it in the same turn are
 gathered and encrypted together into full records at the end of the turn:
 fewer records, engine calls and socket writes, which is what small writes
-cost.  Gathered bytes go on at once when :data:`GATHER_MAX` wait or when,
+cost.  Writes the application makes while we deliver data to it (from
+``data_received``/``buffer_updated``: an echo, a reply, a request answered)
+are gathered from the first one and sent when that delivery returns
+(:meth:`WriteGatherer.end_delivery`): still no added latency, one record
+for all the answers to one read, and no end-of-turn callback to schedule.
+Gathered bytes go on at once when :data:`GATHER_MAX` wait or when,
 with them, the bytes buffered on the connection pass the high-water mark,
 so flow control sees them as if they had not waited.  While a write stays
 below both, :meth:`WriteGatherer.try_append` takes it (the common case costs
@@ -40,7 +45,17 @@ GATHER_MAX = 64 * 1024
 class WriteGatherer:
     """The writes of one turn, on their way into the chain."""
 
-    __slots__ = ("_buf", "_buffered_size", "_chain", "_flow", "_loop", "_room", "_turn_ended")
+    __slots__ = (
+        "_buf",
+        "_buffered_size",
+        "_chain",
+        "_flow",
+        "_loop",
+        "_room",
+        "_scheduled",
+        "_turn_ended",
+        "delivering",
+    )
 
     def __init__(
         self,
@@ -62,6 +77,11 @@ class WriteGatherer:
         #: Bytes the next write may have gathered without any check (below
         #: GATHER_SMALL and below the flush point).
         self._room = 0
+        #: The end-of-turn callback is scheduled.
+        self._scheduled = False
+        #: The adapter is delivering data to the application (set and
+        #: cleared around each delivery; see :meth:`end_delivery`).
+        self.delivering = False
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -82,26 +102,55 @@ class WriteGatherer:
             return True
         return False
 
-    def write(self, data: bytes) -> None:
-        """An application write (non-empty; the connection takes writes)."""
+    def write(self, data: bytes) -> bool:
+        """An application write (non-empty; the connection takes writes).
+        True when it was only gathered, below every mark: flow control has
+        nothing new to see."""
         chain = self._chain
         buf = self._buf
-        if buf is not None:
-            if len(data) < GATHER_SMALL:
-                buf += data
-                if len(buf) >= GATHER_MAX or self._buffered_size() > self._flow.high:
-                    self.flush()
-            else:
-                self.flush()
-                chain.write(data)
+        if buf is None:
+            if not self.delivering or chain.innermost() is None:
+                self._first_of_turn(data)
+                return False
+            # Inside a delivery: gathered from the first write on.
+            buf = self._buf = bytearray()
+        if len(data) >= GATHER_SMALL:
+            self.flush()
+            chain.write(data)
             self._room = self._compute_room()
-            return
+            return False
+        buf += data
+        if len(buf) >= GATHER_MAX or self._buffered_size() > self._flow.high:
+            self.flush()
+            self._room = 0
+            return False
+        self._room = self._compute_room()
+        return True
+
+    def _first_of_turn(self, data: bytes) -> None:
+        # Out at once; what follows in this turn is gathered.
+        chain = self._chain
         chain.write(data)
         loop = self._loop
-        if loop is not None and chain.innermost() is not None and not loop.is_closed():
+        if (
+            not self._scheduled
+            and loop is not None
+            and chain.innermost() is not None
+            and not loop.is_closed()
+        ):
             loop.call_soon(self._end_turn)
+            self._scheduled = True
             self._buf = bytearray()
-            self._room = self._compute_room()
+            self._room = 0  # (a lone write never needs it: computed by the next one)
+
+    def end_delivery(self) -> None:
+        """A delivery to the application returned: what it wrote meanwhile
+        goes into the chain now (unless the end of this turn is already
+        scheduled to send it)."""
+        self.delivering = False
+        if self._buf is not None and not self._scheduled:
+            self.flush()
+            self.stop()
 
     def _compute_room(self) -> int:
         buf = self._buf
@@ -125,9 +174,13 @@ class WriteGatherer:
             self._room = 0  # the next write recomputes it
 
     def _end_turn(self) -> None:
-        self.flush()
+        self._scheduled = False
+        buf = self._buf
         self.stop()
-        self._turn_ended()
+        if buf:
+            self._chain.write(buf)
+            self._turn_ended()
+        # (nothing gathered: flow control saw every write of the turn already)
 
     def stop(self) -> None:
         """The next write goes out at once (what is gathered is dropped)."""

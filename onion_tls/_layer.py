@@ -300,7 +300,7 @@ class Layer:
         layer stopped reading (closed by the peer, broken, or aborted)."""
         engine = self.engine
         while True:
-            target = tail.app_buffer(_MAX_PLAINTEXT)
+            target = tail.app_buffer(_MAX_PLAINTEXT) if tail.buffered else None
             direct = target is not None
             if target is None:
                 target = scratch
@@ -378,7 +378,10 @@ class Layer:
         """Plaintext from ``inner``."""
         state = self.state
         if (state is LayerState.OPEN or state is LayerState.PEER_CLOSED) and not self._pending:
-            self._encrypt(data)
+            if len(data) <= _WRITE_SLICE:
+                self._encrypt_slice(data)
+            else:
+                self._encrypt(data)
         elif state is LayerState.HANDSHAKING or self._pending:
             self._pending.append(data)
             self.pending_size += len(data)

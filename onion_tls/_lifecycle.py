@@ -38,6 +38,10 @@ __all__ = ["ENDED", "FINISHING", "PEER_DONE", "ConnState", "check_move", "verdic
 class ConnState(enum.Enum):
     """Where the connection is in its life (see the diagram above)."""
 
+    # Hashed by identity, in C, like ``LayerState`` (``state in FINISHING``
+    # runs several times per record).
+    __hash__ = object.__hash__
+
     OPEN = "open"
     STOP_PENDING = "stop pending"  # our close_notify on the innermost layer; theirs awaited
     PEER_CLOSED = "peer closed"  # their close_notify on the innermost layer; the app decides

@@ -58,8 +58,8 @@ class RawSide:
         return None if self.lost else self.transport
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        raw = self.live
-        if raw is not None:
+        raw = self.transport  # (``live``, inlined: once per socket write)
+        if raw is not None and not self.lost:
             raw.write(data)
 
     def close(self) -> None:
@@ -78,6 +78,8 @@ class RawSide:
 
     def sync_reading(self, wants_input: bool) -> None:
         """Pause or resume the raw transport's reading as the chain wants."""
+        if self._read_sync.reading == wants_input:
+            return  # (the common case: nothing to change)
         raw = self.live
         if raw is None or raw.is_closing():
             return

@@ -71,6 +71,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         self._raw = RawSide()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._chain = Chain(self)
+        self._chain.set_buffered_app(self._app.buffered)
         self._ops = LayerOps(self._chain.fail)
         self._write_flow = WriteFlow()
         self._gather = WriteGatherer(
@@ -95,11 +96,21 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         return self._read_loan.lend()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._read_loan.filled(nbytes, self._chain.feed)
+        gather = self._gather
+        gather.delivering = True
+        try:
+            self._read_loan.filled(nbytes, self._chain.feed)
+        finally:
+            gather.end_delivery()
         self._after_chain_change()
 
     def data_received(self, data: bytes) -> None:
-        self._chain.feed(data)
+        gather = self._gather
+        gather.delivering = True
+        try:
+            self._chain.feed(data)
+        finally:
+            gather.end_delivery()
         self._after_chain_change()
 
     def eof_received(self) -> bool:
@@ -188,8 +199,15 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
     # -- flow control -------------------------------------------------------------
 
     def _after_chain_change(self) -> None:
-        self._update_app_writing()
-        self.sync_reading()
+        # (after every read: _update_app_writing and sync_reading in one)
+        self._idle.touch()
+        chain = self._chain
+        paused = self._write_flow.update(
+            chain.queued_size() + self._gather.size(), lost=self._raw.lost
+        )
+        if paused is not None:
+            self._write_flow.tell(paused, self._app.protocol, self._loop, self.transport)
+        self._raw.sync_reading(chain.wants_input())
 
     def _update_app_writing(self) -> None:
         self._idle.touch()  # (after every read, write and layer change)
@@ -222,6 +240,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
 
     def set_app_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._app.set_protocol(protocol)
+        self._chain.set_buffered_app(self._app.buffered)
 
     def gathered_size(self) -> int:
         """Bytes of small writes gathered this turn, not yet in the chain."""
@@ -254,8 +273,8 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         """An application write that :meth:`WriteGatherer.try_append` did not take."""
         if self._chain.finishing or self._raw.lost:
             self._raw.write_dropped()
-        else:
-            self._gather.write(data)
+        elif self._gather.write(data):
+            return  # only gathered, below the marks: nothing to tell yet
         self._update_app_writing()
 
     def deliver_waiting(self) -> None:
