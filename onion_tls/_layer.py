@@ -114,6 +114,10 @@ class Node(Protocol):
 class AppEnd(Node, Protocol):
     """The tail sentinel, as the innermost layer sees it."""
 
+    #: The application takes data into its own buffers: ask
+    #: :meth:`app_buffer` before each record (else never).
+    buffered: bool
+
     def app_buffer(self, size: int) -> memoryview | None:
         """The application's own buffer to decrypt into, when it has one
         and may be given data now; else None (use ``receive``)."""
