@@ -28,9 +28,9 @@ each round starting with a different one, so all see the same machine load.
 The table shows, per cell, the median of the rounds for each implementation,
 the best peer's name and rate, and the ratio onion_tls / best peer (one per
 loop of onion_tls); then the depth-1 sink as a fraction of the C path.  A
-CPU table does the same with client + server CPU time per byte or per
-connection (the best peer is the cheapest one; the ratio is best peer /
-onion_tls, so above 1 means onion_tls is cheaper).
+CPU table does the same with client + server CPU time per byte, per round
+trip or per connection (the best peer is the cheapest one; the ratio is best
+peer / onion_tls, so above 1 means onion_tls is cheaper).
 
 Cells, at every depth asked for:
 
@@ -40,13 +40,25 @@ Cells, at every depth asked for:
   chunk ends in that byte.  Rate: bytes written / time to the ``K``.
 * ``echo``: the server's application writes back every byte it receives; the
   client keeps at most 1 MiB in flight.  Rate: bytes echoed / time.
-* ``plain`` / ``buffered``: the receiving applications get ``bytes`` (an
-  ``asyncio.Protocol``; Twisted's ``dataReceived``; trio's
-  ``receive_some``; ``SSLSocket.recv``) or fill one 256 KiB buffer (an
-  ``asyncio.BufferedProtocol``; ``SSLSocket.recv_into``).  Twisted and trio
-  have no buffered notion: their buffered cells are ``n/a``, and their plain
-  rate stands for them when the best peer of a buffered cell is chosen
-  (marked ``*``).
+* ``pingpong``: 1-byte records, latency-bound.  One connection with every
+  layer up; the client writes 1 byte, the server's application writes it
+  back as soon as it arrives, the client waits for it and writes the next,
+  for ``--seconds``.  Each round trip is one 1-byte TLS record each way at
+  the innermost layer, so no stack can gather writes.  The asyncio-style
+  and Twisted clients write the next byte from their receive callback;
+  trio's and the SSLSocket's loop over send and receive.  TCP_NODELAY on
+  both ends (asyncio, uvloop and trio set it; the Twisted and SSLSocket
+  workers set it for these cells).  Rate: round trips per second (rt/s);
+  CPU cost: client + server CPU microseconds per round trip (us/rt).
+  ``pingpong`` is the plain variant, ``pingpong-buffered`` the buffered
+  one.
+* ``plain`` / ``buffered`` (sink, echo, pingpong): the receiving
+  applications get ``bytes`` (an ``asyncio.Protocol``; Twisted's
+  ``dataReceived``; trio's ``receive_some``; ``SSLSocket.recv``) or fill
+  one 256 KiB buffer (an ``asyncio.BufferedProtocol``;
+  ``SSLSocket.recv_into``).  Twisted and trio have no buffered notion: their
+  buffered cells are ``n/a``, and their plain rate stands for them when the
+  best peer of a buffered cell is chosen (marked ``*``).
 * ``handshake``: connect and establish every layer, one connection at a
   time; the rate is connections per second of establishing (closing is not
   timed).
@@ -106,9 +118,10 @@ DESCRIPTION = (
     "Measure onion_tls against its peers side by side, interleaved: asyncio's own "
     "TLS (on asyncio and uvloop), Twisted's TLSMemoryBIOProtocol, trio's SSLStream, "
     "and the blocking ssl.SSLSocket C path (depth 1): throughput (sink, echo; 64 KiB "
-    "and 1 KiB writes; Protocol and BufferedProtocol apps), handshakes/s, CPU per "
-    "byte and per connection, peak and idle memory, at depths 1-3, server and client "
-    "in separate processes; each cell's ratio to the best peer."
+    "and 1 KiB writes; Protocol and BufferedProtocol apps), 1-byte ping-pong round "
+    "trips/s, handshakes/s, CPU per byte, per round trip and per connection, peak and "
+    "idle memory, at depths 1-3, server and client in separate processes; each cell's "
+    "ratio to the best peer."
 )
 
 

@@ -27,14 +27,23 @@ GROUP = "X25519"
 _KINDS = ("sink", "echo")
 _SIZES = (64 * 1024, 1024)
 _APPS = ("plain", "buffered")
+PINGPONG_SIZE = 1  # bytes each way per round trip of the pingpong cells
+#: Per kind: the rate's unit, the CPU cost's unit (client + server CPU
+#: time per unit of work) and its scale from seconds.
+_UNITS = {
+    "sink": ("MB/s", "ns/B", 1e9),
+    "echo": ("MB/s", "ns/B", 1e9),
+    "handshake": ("conn/s", "ms/conn", 1e3),
+    "pingpong": ("rt/s", "us/rt", 1e6),
+}
 
 
 @dataclass(frozen=True)
 class Cell:
     """One measurement: a workload at one depth."""
 
-    kind: str  # "sink", "echo" or "handshake"
-    size: int  # bytes per write (0 for handshakes)
+    kind: str  # "sink", "echo", "pingpong" or "handshake"
+    size: int  # bytes per write (1 for pingpong, 0 for handshakes)
     app: str  # "plain" or "buffered"
     depth: int
 
@@ -42,6 +51,8 @@ class Cell:
     def name(self) -> str:
         if self.kind == "handshake":
             return "handshake"
+        if self.kind == "pingpong":
+            return "pingpong" if self.app == "plain" else f"pingpong-{self.app}"
         return f"{self.kind}-{self.size // 1024}k-{self.app}"
 
     @property
@@ -52,16 +63,17 @@ class Cell:
 
     @property
     def unit(self) -> str:
-        return "conn/s" if self.kind == "handshake" else "MB/s"
+        return _UNITS[self.kind][0]
 
     @property
     def cost_unit(self) -> str:
-        """CPU time of client and server together, per connection or byte."""
-        return "ms/conn" if self.kind == "handshake" else "ns/B"
+        """CPU time of client and server together, per byte, round trip or
+        connection."""
+        return _UNITS[self.kind][1]
 
     @property
     def cost_scale(self) -> float:
-        return 1e3 if self.kind == "handshake" else 1e9
+        return _UNITS[self.kind][2]
 
 
 @dataclass(frozen=True)
@@ -142,6 +154,8 @@ def build_cells(depths: Iterable[int], only: Sequence[str] = ()) -> list[Cell]:
             for size in _SIZES:
                 for app in _APPS:
                     cells.append(Cell(kind, size, app, depth))
+        for app in _APPS:
+            cells.append(Cell("pingpong", PINGPONG_SIZE, app, depth))
         cells.append(Cell("handshake", 0, "plain", depth))
     if only:
         cells = [c for c in cells if any(fnmatch.fnmatch(c.name, p) for p in only)]

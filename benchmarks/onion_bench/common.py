@@ -24,8 +24,10 @@ __all__ = [
     "HOST",
     "MAX_HANDSHAKES",
     "MB",
+    "PING",
     "READ_BUFFER",
     "ClientSide",
+    "Meter",
     "ServerSide",
     "peak_rss",
     "pyopenssl_context",
@@ -41,11 +43,13 @@ ECHO_WINDOW = 1024 * 1024  # bytes in flight in the echo cells
 MAX_HANDSHAKES = 5000  # per handshake cell
 MB = 1e6
 CLOSE_TIMEOUT = 5.0  # seconds a client waits for its connection to end
+PING = b"p"  # the client's byte in the pingpong cells (the server answers with it)
 
 
 class Meter:
     """Wall and CPU time of a cell's measured part, from its creation to
-    :meth:`rate` (closing the connection afterwards is not counted)."""
+    :meth:`rate` or :meth:`round_trips` (closing the connection afterwards
+    is not counted)."""
 
     __slots__ = ("cpu", "start")
 
@@ -58,6 +62,12 @@ class Meter:
         elapsed = time.perf_counter() - self.start
         cpu = time.process_time() - self.cpu
         return {"value": sent / elapsed / MB, "cipher": cipher, "cpu": cpu, "work": sent}
+
+    def round_trips(self, count: int, cipher: Any) -> dict[str, Any]:
+        """The worker's answer for a pingpong cell: round trips per second."""
+        elapsed = time.perf_counter() - self.start
+        cpu = time.process_time() - self.cpu
+        return {"value": count / elapsed, "cipher": cipher, "cpu": cpu, "work": count}
 
 
 def stdlib_context(certs: Path, depth: int | None) -> ssl.SSLContext:

@@ -5,10 +5,13 @@ Python TLS stack can approach on this machine, not a peer.
 * server: one thread per connection; ``plain`` receives with ``recv()``
   (a new ``bytes`` per record), ``buffered`` with ``recv_into()`` one
   256 KiB buffer; sink answers ``K`` when a read ends in the 1 byte, echo
-  sends back what it read (``sendall``), handshake reads until EOF;
+  and pingpong send back what they read (``sendall``), handshake reads until
+  EOF;
 * client sink: ``sendall`` of every chunk, then ``recv`` of the ``K``;
 * client echo: a non-blocking socket and ``select``: write chunks while
   less than 1 MiB is in flight, read (``recv_into``) whatever arrived;
+* client pingpong: ``sendall`` of 1 byte, ``recv`` (``recv_into`` when
+  buffered) of the answer, in a loop; TCP_NODELAY on both sockets;
 * client handshake: ``create_connection`` + ``wrap_socket`` (the handshake
   is done when it returns), then close.
 """
@@ -30,6 +33,7 @@ from .common import (
     ECHO_WINDOW,
     HOST,
     MAX_HANDSHAKES,
+    PING,
     READ_BUFFER,
     Meter,
     stdlib_context,
@@ -70,6 +74,8 @@ class SocketServer:
 
     def _serve(self, conn: socket.socket, kind: str, app: str) -> None:
         conn.settimeout(_TIMEOUT)
+        if kind == "pingpong":
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             with self._ctx.wrap_socket(conn, server_side=True) as tls:
                 if app == "buffered":
@@ -84,7 +90,7 @@ class SocketServer:
 
 def _serve_plain(tls: ssl.SSLSocket, kind: str) -> None:
     while data := tls.recv(READ_BUFFER):
-        if kind == "echo":
+        if kind in ("echo", "pingpong"):
             tls.sendall(data)
         elif kind == "sink" and data[-1] == 1:
             tls.sendall(b"K")
@@ -94,7 +100,7 @@ def _serve_buffered(tls: ssl.SSLSocket, kind: str) -> None:
     buf = bytearray(READ_BUFFER)
     view = memoryview(buf)
     while nbytes := tls.recv_into(view):
-        if kind == "echo":
+        if kind in ("echo", "pingpong"):
             tls.sendall(view[:nbytes])
         elif kind == "sink" and buf[nbytes - 1] == 1:
             tls.sendall(b"K")
@@ -110,12 +116,19 @@ class SocketClient:
         cell = Cell(**cmd["cell"])
         if cell.depth != 1:
             return {"error": "ssl.SSLSocket runs depth 1 only"}
-        run = {"sink": self._sink, "echo": self._echo, "handshake": self._handshakes}[cell.kind]
+        run = {
+            "sink": self._sink,
+            "echo": self._echo,
+            "pingpong": self._pingpong,
+            "handshake": self._handshakes,
+        }[cell.kind]
         return run(cmd["port"], cell, cmd["seconds"])
 
-    def _connect(self, port: int) -> ssl.SSLSocket:
+    def _connect(self, port: int, nodelay: bool = False) -> ssl.SSLSocket:
         sock = socket.create_connection((HOST, port), timeout=_TIMEOUT)
         try:
+            if nodelay:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return self._ctx.wrap_socket(sock, server_hostname=hostname(1))
         except BaseException:
             sock.close()
@@ -188,6 +201,25 @@ class SocketClient:
                     raise TimeoutError(f"echo: nothing moved for {_TIMEOUT:g} s")
                 select.select([tls], [tls] if blocked else [], [], 1.0)
             result = meter.rate(sent, cipher)
+        return result
+
+    def _pingpong(self, port: int, cell: Cell, seconds: float) -> dict[str, Any]:
+        tls = self._connect(port, nodelay=True)
+        with tls:
+            cipher = _cipher_of(tls)
+            view = memoryview(bytearray(READ_BUFFER))
+            buffered = cell.app == "buffered"
+            trips = 0
+            meter = Meter()
+            deadline = meter.start + seconds
+            while True:
+                tls.sendall(PING)
+                if not (tls.recv_into(view) if buffered else tls.recv(READ_BUFFER)):
+                    raise ConnectionError("the server closed the connection during pingpong")
+                trips += 1
+                if time.perf_counter() >= deadline:
+                    break
+            result = meter.round_trips(trips, cipher)
         return result
 
     def _handshakes(self, port: int, cell: Cell, seconds: float) -> dict[str, Any]:

@@ -6,10 +6,13 @@ only.
 * contexts: the ``ssl.SSLContext`` objects asyncio's TLS uses;
 * server: per connection, a handshake per layer, ``R`` sent inside each but
   the last; sink answers ``K`` when a ``receive_some`` ends in the 1 byte,
-  echo ``send_all``s back what it received, handshake reads until EOF;
+  echo and pingpong ``send_all`` back what they received, handshake reads
+  until EOF;
 * client sink: ``send_all`` of every chunk (trio's flow control: it
   returns once the transport took the bytes), then ``receive_some`` of the
   ``K``;
+* client pingpong: ``send_all`` of 1 byte, ``receive_some`` of the answer,
+  in a loop (the server's echo answers; ``SocketStream`` sets TCP_NODELAY);
 * client echo: a writer task (at most 1 MiB in flight) and a reader task;
 * client handshake: ``open_tcp_stream`` and a ``do_handshake`` per layer;
 * each command is one ``trio.run``.
@@ -32,6 +35,7 @@ from .common import (
     ECHO_WINDOW,
     HOST,
     MAX_HANDSHAKES,
+    PING,
     READ_BUFFER,
     Meter,
     stdlib_context,
@@ -86,7 +90,7 @@ class TrioServer:
                 while data := await s.receive_some(READ_BUFFER):
                     if data[-1] == 1:
                         await s.send_all(b"K")
-            elif kind == "echo":
+            elif kind in ("echo", "pingpong"):
                 while data := await s.receive_some(READ_BUFFER):
                     await s.send_all(data)
             else:
@@ -120,7 +124,12 @@ class TrioClient:
         if cmd["cmd"] != "run":
             return {"error": f"the trio peer does not run {cmd['cmd']}"}
         cell = Cell(**cmd["cell"])
-        measure = {"sink": self._sink, "echo": self._echo, "handshake": self._handshakes}
+        measure = {
+            "sink": self._sink,
+            "echo": self._echo,
+            "pingpong": self._pingpong,
+            "handshake": self._handshakes,
+        }
         return trio.run(measure[cell.kind], cmd["port"], cell, cmd["seconds"])
 
     async def _connect(self, port: int, depth: int) -> trio.SSLStream[Any]:
@@ -203,6 +212,23 @@ class TrioClient:
             nursery.start_soon(reader)
             nursery.start_soon(writer)
         result = meter.rate(sent, cipher)
+        await self._close(s)
+        return result
+
+    async def _pingpong(self, port: int, cell: Cell, seconds: float) -> dict[str, Any]:
+        s = await self._connect(port, cell.depth)
+        cipher = _cipher_of(s)
+        trips = 0
+        meter = Meter()
+        deadline = meter.start + seconds
+        while True:
+            await s.send_all(PING)
+            if not await s.receive_some(READ_BUFFER):
+                raise ConnectionError("the server closed the connection during pingpong")
+            trips += 1
+            if time.perf_counter() >= deadline:
+                break
+        result = meter.round_trips(trips, cipher)
         await self._close(s)
         return result
 

@@ -18,12 +18,14 @@ the factories had been nested from the start).
   TLS_AES_256_GCM_SHA384 and X25519 like every other implementation's;
 * server: sink answers ``K`` when a ``dataReceived`` ends in the 1 byte,
   echo ``write``s back what it receives (its buffering is bounded by the
-  client's 1 MiB window), handshake and idle do nothing;
+  client's 1 MiB window), pingpong too (over a TCP_NODELAY socket),
+  handshake and idle do nothing;
 * client: the measurements of ``workloads.py`` written for Twisted: the
   application is a streaming producer registered on the innermost layer,
   writes ``batch`` chunks per reactor iteration while not paused;
   coroutines over Deferreds, the reactor in a thread of the client worker
-  (it cannot be restarted between commands).
+  (it cannot be restarted between commands); the pingpong client writes
+  each next byte from ``dataReceived``, TCP_NODELAY set on its socket.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from .common import (
     ECHO_WINDOW,
     HOST,
     MAX_HANDSHAKES,
+    PING,
     Meter,
     same_key_exchange,
 )
@@ -121,11 +124,21 @@ class _Echo(Protocol):
         transport.write(data)
 
 
+class _Pong(_Echo):
+    """Writes back the 1 byte that arrives, over a TCP_NODELAY socket
+    (Twisted leaves Nagle on; ``setTcpNoDelay`` reaches the TCP transport
+    through the layers, each forwarding what it lacks to its transport)."""
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.setTcpNoDelay(True)
+
+
 class _Idle(Protocol):
     pass
 
 
-_SERVER_APPS: dict[str, type[Protocol]] = {"sink": _Sink, "echo": _Echo}
+_SERVER_APPS: dict[str, type[Protocol]] = {"sink": _Sink, "echo": _Echo, "pingpong": _Pong}
 
 
 @implementer(IHandshakeListener)
@@ -234,6 +247,23 @@ class _Client(Protocol):
             await self.wait()
 
 
+class _Pinger(_Client):
+    """The pingpong client's application: each answer that arrives sends the
+    next byte from ``dataReceived``, until the deadline."""
+
+    deadline = 0.0  # set when the measurement starts
+    finished = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        if time.perf_counter() < self.deadline:
+            transport: Any = self.transport
+            transport.write(PING)
+        else:
+            self.finished = True
+            self._wake()
+
+
 class _Setup(_Client):
     """Inside a client layer that is not the last: counts the ``R`` bytes."""
 
@@ -281,7 +311,12 @@ class TwistedClient:
         if cmd["cmd"] != "run":
             return {"error": f"the Twisted peer does not run {cmd['cmd']}"}
         cell = Cell(**cmd["cell"])
-        measure = {"sink": self._sink, "echo": self._echo, "handshake": self._handshakes}
+        measure = {
+            "sink": self._sink,
+            "echo": self._echo,
+            "pingpong": self._pingpong,
+            "handshake": self._handshakes,
+        }
         coro = measure[cell.kind](cmd["port"], cell, cmd["seconds"])
         return threads.blockingCallFromThread(reactor, _in_reactor, coro)
 
@@ -362,6 +397,19 @@ class TwistedClient:
         await app.until(lambda: app.received >= sent)
         result = meter.rate(sent, cipher)
         t.unregisterProducer()
+        await self._close(t, app)
+        return result
+
+    async def _pingpong(self, port: int, cell: Cell, seconds: float) -> dict[str, Any]:
+        app = _Pinger()
+        t = await self._connect(port, cell.depth, app)
+        cipher = _cipher_of(t)
+        t.setTcpNoDelay(True)  # (forwarded to the TCP transport, as the server's)
+        meter = Meter()
+        app.deadline = meter.start + seconds
+        t.write(PING)  # the application's dataReceived sends the next ones
+        await app.until(lambda: app.finished)
+        result = meter.round_trips(app.received, cipher)
         await self._close(t, app)
         return result
 

@@ -211,8 +211,9 @@ def _legend(impls: list[Impl]) -> list[str]:
     if any(i.kind in ("twisted", "trio") for i in impls):
         parts.append("n/a = no such API (best peer* = its plain rate stands for its buffered one)")
     parts.append(
-        "CPU cost = client + server CPU time per payload byte (ns/B) or per connection "
-        "(ms/conn); its ratio = cheapest peer / onion_tls (above 1: onion_tls is cheaper)"
+        "CPU cost = client + server CPU time per payload byte (ns/B), per round trip "
+        "(us/rt) or per connection (ms/conn); its ratio = cheapest peer / onion_tls "
+        "(above 1: onion_tls is cheaper)"
     )
     lines: list[str] = []
     for part in parts:
@@ -236,7 +237,8 @@ def table(opts: Options, cells: list[Cell], results: Results) -> str:
         f"  onion_tls engine {opts.engine}; TLS 1.3, negotiated: {', '.join(ciphers) or '?'}, "
         f"key exchange {GROUP}; 127.0.0.1, server and client in separate processes",
         f"  median of {opts.rounds} round(s) of {opts.seconds:g} s per cell; "
-        "payload MB/s (10^6 B/s); handshake = connections/s with every layer",
+        "payload MB/s (10^6 B/s); pingpong = 1-byte round trips/s; "
+        "handshake = connections/s with every layer",
     ]
     lines.extend(_legend(impls))
     lines.extend(f"  note: {note}" for note in opts.notes)

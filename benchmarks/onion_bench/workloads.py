@@ -27,6 +27,7 @@ from .common import (
     ECHO_WINDOW,
     HOST,
     MAX_HANDSHAKES,
+    PING,
     READ_BUFFER,
     Meter,
     pyopenssl_context,
@@ -117,6 +118,35 @@ class _BufferedClient(_Client, asyncio.BufferedProtocol):
         self._wake()
 
 
+class _Pinger(_Client):
+    """The pingpong client's application: each answer that arrives sends the
+    next byte from the receive callback, until the deadline; then it wakes
+    :meth:`wait` with ``finished`` set."""
+
+    deadline = 0.0  # set when the measurement starts
+    finished = False
+
+    def _answered(self) -> None:
+        if time.perf_counter() < self.deadline:
+            assert self.transport is not None
+            self.transport.write(PING)
+        else:
+            self.finished = True
+            self._wake()
+
+
+class _PingPlain(_Pinger, asyncio.Protocol):
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self._answered()
+
+
+class _PingBuffered(_Pinger, _BufferedClient):
+    def buffer_updated(self, nbytes: int) -> None:
+        self.received += nbytes
+        self._answered()
+
+
 class _Server(asyncio.BaseProtocol):
     """The server's application.  With asyncio's ``start_tls`` the protocol
     can receive data before it is given its transport: echo keeps it."""
@@ -190,6 +220,9 @@ _SERVER_APPS: dict[str, Callable[[], _Server]] = {
     "sink/buffered": _SinkBuffered,
     "echo/plain": _EchoPlain,
     "echo/buffered": _EchoBuffered,
+    # pingpong: the 1 byte that arrives is written back at once
+    "pingpong/plain": _EchoPlain,
+    "pingpong/buffered": _EchoBuffered,
     "handshake/plain": _Idle,
     "idle/plain": _Idle,
 }
@@ -454,6 +487,20 @@ async def _echo(kit: Kit, port: int, cell: Cell, seconds: float) -> dict[str, An
     return result
 
 
+async def _pingpong(kit: Kit, port: int, cell: Cell, seconds: float) -> dict[str, Any]:
+    app: _Pinger = _PingBuffered() if cell.app == "buffered" else _PingPlain()
+    t = await kit.connect(port, cell.depth, app)
+    cipher = _cipher_of(t)
+    meter = Meter()
+    app.deadline = meter.start + seconds
+    t.write(PING)  # the application's callback sends the next ones
+    while not app.finished:
+        await app.wait()
+    result = meter.round_trips(app.received, cipher)
+    await kit.close(t, app)
+    return result
+
+
 async def _handshakes(kit: Kit, port: int, cell: Cell, seconds: float) -> dict[str, Any]:
     count = 0
     busy = 0.0
@@ -499,7 +546,7 @@ async def idle_close(kit: Kit) -> dict[str, Any]:
     return {"closed": len(idle)}
 
 
-MEASURE = {"sink": _sink, "echo": _echo, "handshake": _handshakes}
+MEASURE = {"sink": _sink, "echo": _echo, "pingpong": _pingpong, "handshake": _handshakes}
 
 
 # -- the sides the harness drives ------------------------------------------------------
