@@ -87,10 +87,13 @@ def test_parse_depths(bench_cells: ModuleType) -> None:
 
 def test_cells_cover_the_matrix(bench_cells: ModuleType) -> None:
     cells = bench_cells.build_cells([1, 2, 3])
-    # sink and echo x 64k and 1k x plain and buffered, plus handshakes, per depth
-    assert len(cells) == 3 * 9
+    # sink and echo x 64k and 1k x plain and buffered, pingpong plain and
+    # buffered, plus handshakes, per depth
+    assert len(cells) == 3 * 11
     names = {c.name for c in cells}
     assert {"sink-64k-plain", "sink-1k-buffered", "echo-64k-buffered", "handshake"} <= names
+    assert {"pingpong", "pingpong-buffered"} <= names
+    assert [c.name for c in bench_cells.build_cells([1], ["pingpong"])] == ["pingpong"]
     only = bench_cells.build_cells([2], ["sink-64k-*", "handshake"])
     assert [(c.name, c.depth) for c in only] == [
         ("sink-64k-plain", 2),
@@ -157,7 +160,7 @@ def test_quick_bench_every_peer_every_cell() -> None:
         for kind in ("sink", "echo")
         for size in ("64k", "1k")
         for app in ("plain", "buffered")
-    ] + ["handshake"]
+    ] + ["pingpong", "pingpong-buffered", "handshake"]
     for title, best_head in (("throughput", "best peer"), ("CPU cost", "cheapest peer")):
         header, body = parse_block(out, title)
         assert header == [title, "d", *columns, best_head, *ratio_heads], header
