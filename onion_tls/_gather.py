@@ -120,11 +120,13 @@ class WriteGatherer:
             self._room = self._compute_room()
             return False
         buf += data
-        if len(buf) >= GATHER_MAX or self._buffered_size() > self._flow.high:
+        # (one look at what is buffered: it counts ``buf`` already)
+        room = min(GATHER_MAX - len(buf), self._flow.high - self._buffered_size())
+        if room < 0 or len(buf) >= GATHER_MAX:
             self.flush()
             self._room = 0
             return False
-        self._room = self._compute_room()
+        self._room = room
         return True
 
     def _first_of_turn(self, data: bytes) -> None:

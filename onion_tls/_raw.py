@@ -73,8 +73,8 @@ class RawSide:
             raw.abort()
 
     def buffer_size(self) -> int:
-        raw = self.live
-        return 0 if raw is None else raw.get_write_buffer_size()
+        raw = self.transport  # (``live``, inlined)
+        return 0 if raw is None or self.lost else raw.get_write_buffer_size()
 
     def sync_reading(self, wants_input: bool) -> None:
         """Pause or resume the raw transport's reading as the chain wants."""
