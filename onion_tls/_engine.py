@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from cryptography import x509
 
-__all__ = ["Engine", "EngineError", "PeerClosed"]
+#: :attr:`Engine.write_slice` of an engine that renews its BIOs when idle,
+#: and of one that cannot (its outgoing BIO stays as large as one slice).
+WRITE_SLICE = 256 * 1024
+WRITE_SLICE_KEPT = 64 * 1024
+
+__all__ = ["WRITE_SLICE", "WRITE_SLICE_KEPT", "Engine", "EngineError", "PeerClosed"]
 
 
 class EngineError(Exception):
@@ -54,6 +59,11 @@ class Engine(Protocol):
     #: The depth of the layer this engine runs (for log lines), given at
     #: construction: :meth:`onion_tls._chain.Chain.next_depth`.
     depth: int
+    #: The most plaintext the layer hands to :meth:`write` at once (it
+    #: sends that slice's ciphertext on before the next one).  The
+    #: outgoing memory BIO grows to about this much and keeps that size: an
+    #: engine whose :meth:`trim` cannot renew its BIOs takes smaller slices.
+    write_slice: int
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Give the engine ciphertext received from the peer."""

@@ -65,10 +65,6 @@ from .errors import HandshakeError, OnionError, TLSProtocolError
 
 __all__ = ["AppEnd", "ChainEvents", "Layer", "LayerState", "Node"]
 
-# Plaintext is handed to the engine in slices of this size: large writes are
-# never copied as a whole, and the ciphertext of one slice is sent on before
-# the next slice is encrypted.
-_WRITE_SLICE = 256 * 1024
 # The most plaintext one TLS record carries (RFC 8446 section 5.1).
 _MAX_PLAINTEXT = 2**14
 _EMPTY = memoryview(b"")
@@ -168,6 +164,11 @@ class Layer:
         self.view = TLSLayer(self)
         self._pending: deque[bytes | bytearray | memoryview] = deque()
         self.pending_size = 0
+        #: Plaintext is handed to the engine in slices of this size: large
+        #: writes are never copied as a whole, the ciphertext of one slice is
+        #: sent on before the next is encrypted, and the engine's outgoing
+        #: buffer never holds more than one slice's worth.
+        self._slice = engine.write_slice
 
     def __repr__(self) -> str:
         return f"<Layer depth={self.depth} {self.engine.engine_name} {self.state.value}>"
@@ -382,7 +383,7 @@ class Layer:
         """Plaintext from ``inner``."""
         state = self.state
         if (state is LayerState.OPEN or state is LayerState.PEER_CLOSED) and not self._pending:
-            if len(data) <= _WRITE_SLICE:
+            if len(data) <= self._slice:
                 self._encrypt_slice(data)
             else:
                 self._encrypt(data)
@@ -396,14 +397,15 @@ class Layer:
 
     def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
         size = len(data)
-        if size <= _WRITE_SLICE:
+        step = self._slice
+        if size <= step:
             self._encrypt_slice(data)
             return
         view = memoryview(data)
-        for start in range(0, size, _WRITE_SLICE):
+        for start in range(0, size, step):
             if self.state is LayerState.BROKEN:
                 return
-            piece = view[start : start + _WRITE_SLICE]
+            piece = view[start : start + step]
             if self._pending:
                 self._pending.append(piece)
                 self.pending_size += len(piece)

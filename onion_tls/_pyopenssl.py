@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 from OpenSSL import SSL
 
 from . import _log, _openssl_ffi
-from ._engine import EngineError, PeerClosed
+from ._engine import WRITE_SLICE, WRITE_SLICE_KEPT, EngineError, PeerClosed
 from ._log import keylog_path, logger
 from ._openssl_ffi import NAME_ERRORS, Binding, verify_result
 from ._peercert import peercert_dict
@@ -132,6 +132,8 @@ def _is_ip(host: str) -> bool:
 
 class PyOpenSSLEngine:
     engine_name = "pyopenssl"
+    # The public API cannot renew the Connection's BIOs: keep them small.
+    write_slice = WRITE_SLICE_KEPT
 
     def __init__(
         self,
@@ -423,6 +425,7 @@ class DirectPyOpenSSLEngine(PyOpenSSLEngine):
     pyOpenSSL's own mapping, so both classes fail in the same words."""
 
     _ffi: Binding
+    write_slice = WRITE_SLICE  # (trim() renews the BIOs)
 
     def _bind(self, conn: SSL.Connection) -> None:
         ffi = Binding.bind(conn)
@@ -493,14 +496,18 @@ class DirectPyOpenSSLEngine(PyOpenSSLEngine):
         return self._ffi.take_output()
 
     def trim(self) -> bool:
+        self._ticket_arrived()  # (frees the handshake's session once replaced)
         return self._ffi.renew_bios()
 
     def session_reused(self) -> bool:
         return self._handshake_done and self._ffi.session_reused()
 
     def _ticket_arrived(self) -> bool:
-        if self._hs_session is not None:
-            return self._ffi.ticket_arrived(self._hs_session)
+        held = self._hs_session
+        if held is not None and self._ffi.ticket_arrived(held):
+            # A ticket's session replaced the handshake's: let that one go.
+            self._hs_session = None
+            self._tickets += 1
         return self._tickets > 0
 
 

@@ -29,7 +29,7 @@ import ssl
 from typing import TYPE_CHECKING, Any, cast
 
 from . import _log
-from ._engine import EngineError, PeerClosed
+from ._engine import WRITE_SLICE_KEPT, EngineError, PeerClosed
 from ._log import keylog_path, logger
 from ._verify import NAME_MISMATCH_CODES, verify_error_text
 
@@ -58,6 +58,8 @@ def _ssl_error_text(exc: ssl.SSLError) -> tuple[str, bool]:
 
 class StdlibEngine:
     engine_name = "stdlib"
+    # ssl.MemoryBIO cannot be renewed: keep the outgoing one small.
+    write_slice = WRITE_SLICE_KEPT
 
     def __init__(
         self,

@@ -100,3 +100,33 @@ async def test_an_idle_connection_is_trimmed_and_a_busy_one_is_not(
         # Nothing more while idle: once per quiet period.
         await asyncio.sleep(0.3)
         assert len(trims) == 8, trims  # the "after" burst made one more period
+
+
+@pytest.mark.parametrize("engine", ["pyopenssl", "stdlib"])
+async def test_a_layer_that_cannot_trim_encrypts_in_small_slices(
+    onion_ca: OnionCA, engine: Engine
+) -> None:
+    """An engine whose memory BIOs cannot be renewed (the ssl module's)
+    keeps its outgoing BIO as large as the most it ever held: a layer hands
+    it at most 64 KiB of plaintext at a time and sends that slice's
+    ciphertext on before the next, so one 1 MB write leaves the stdlib
+    layer in pieces of at most 64 KiB and a bit (the direct pyOpenSSL path,
+    which renews its BIOs when idle, takes 256 KiB slices)."""
+    size = 1_000_000
+    async with connect("memory") as pair:
+        await start_layer(pair, onion_ca, 1, client_engine=engine, server_engine=engine)
+        pipe = pair.pipe
+        assert pipe is not None
+        pipe.auto = False
+        pair.client.write(b"w" * size)
+        pair.client_onion.send_gathered()
+        pieces = [len(chunk) for chunk in pipe.a.outgoing]
+        slice_size = 256 * 1024 if engine == "pyopenssl" else 64 * 1024
+        records_per_slice = -(-slice_size // 16_384)
+        # each slice: its records, each with its header, tag and padding
+        assert max(pieces) <= slice_size + 40 * records_per_slice, pieces
+        assert len(pieces) == -(-size // slice_size), pieces
+        pipe.auto = True
+        pipe.kick()
+        await pair.s.wait_for(lambda: len(pair.s.data) >= size, "data")
+        assert bytes(pair.s.data) == b"w" * size
