@@ -199,15 +199,8 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
     # -- flow control -------------------------------------------------------------
 
     def _after_chain_change(self) -> None:
-        # (after every read: _update_app_writing and sync_reading in one)
-        self._idle.touch()
-        chain = self._chain
-        paused = self._write_flow.update(
-            chain.queued_size() + self._gather.size(), lost=self._raw.lost
-        )
-        if paused is not None:
-            self._write_flow.tell(paused, self._app.protocol, self._loop, self.transport)
-        self._raw.sync_reading(chain.wants_input())
+        self._update_app_writing()
+        self._raw.sync_reading(self._chain.wants_input())
 
     def _update_app_writing(self) -> None:
         self._idle.touch()  # (after every read, write and layer change)

@@ -151,6 +151,39 @@ async def test_lone_small_write_is_on_the_wire_before_write_returns(
         assert pair.s.received_at(depth) == want
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+async def test_answers_from_data_received_leave_when_it_returns(
+    onion_ca: OnionCA, onion_engine: Engine, depth: int
+) -> None:
+    """What the application writes while it is handed data (three writes
+    from data_received) leaves in one record of the innermost layer as soon
+    as data_received returns: on the wire before any other turn of the
+    loop, nothing left gathered, nothing reordered."""
+    async with connect("memory") as pair:
+        await push(pair, onion_ca, onion_engine, depth)
+        pieces = (b"answer one;", b"answer two;", b"answer three;")
+
+        def answer(data: bytes) -> None:
+            for piece in pieces:
+                pair.server.write(piece)
+            # still inside the delivery: gathered, counted as buffered
+            assert pair.server_onion.gathered_size() == sum(map(len, pieces))
+
+        pair.s.on_data = answer
+        pipe = hold(pair)
+        before = len(wire(pipe.b))
+        pair.client.write(b"question")
+        assert pipe.step(pipe.a)  # delivers the question to the server, nothing else
+        assert pair.s.data == b"question"
+        new = wire(pipe.b)[before:]
+        # one record of the outermost layer (carrying one of each inner layer)
+        assert records(new) == [(APPLICATION_DATA, len(new) - 5)]
+        assert pair.server_onion.gathered_size() == 0
+        release(pipe)
+        await pair.c.expect(b"".join(pieces))
+        assert pair.c.received_at(depth) == b"".join(pieces)
+
+
 # -- 2. small writes of one turn leave together ----------------------------------
 
 
