@@ -27,6 +27,7 @@ __all__ = [
     "NAME_ERRORS",
     "Binding",
     "available",
+    "ip_packed",
     "set_groups",
     "verify_result",
 ]
@@ -126,6 +127,18 @@ def set_groups(context: SSL.Context, groups: str) -> bool:
     return bool(set_list(native, groups.encode()) == 1)
 
 
+def ip_packed(host: str) -> bytes | None:
+    """``host``'s packed address if it is an IP address literal, else None.
+    (A name with a letter other than in an IPv6 literal is told apart
+    without the parse, which raises twice for every DNS name.)"""
+    if ":" not in host and not host.replace(".", "").isdigit():
+        return None
+    try:
+        return ipaddress.ip_address(host).packed
+    except ValueError:
+        return None
+
+
 class Binding:
     """The private binding, bound to one ``Connection``.
 
@@ -169,9 +182,8 @@ class Binding:
         if not HOST_CHECK_API:
             return False
         param = _lib.SSL_get0_param(self._ssl)
-        try:
-            packed = ipaddress.ip_address(host).packed
-        except ValueError:
+        packed = ip_packed(host)
+        if packed is None:
             name = host.encode("idna")
             _lib.X509_VERIFY_PARAM_set_hostflags(
                 param,

@@ -57,7 +57,6 @@ Imports: :mod:`._engine` (the interface it implements), :mod:`._log`,
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import weakref
@@ -123,11 +122,7 @@ def ssl_error_text(exc: SSL.Error) -> tuple[str, bool]:
 
 
 def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    return _openssl_ffi.ip_packed(host) is not None
 
 
 class PyOpenSSLEngine:
