@@ -21,8 +21,11 @@ beneath, and is kept in ``held`` until the chain decides where it goes.
 Records are decrypted into a scratch buffer lent for the call
 (:mod:`onion_tls._buffers`): the plaintext for an inner layer is handed on
 in one piece per incoming chunk, the application's record by record (or
-straight into a ``BufferedProtocol``'s own buffer).  What ``receive`` is
-given is only valid during the call; whatever a node keeps, it copies.
+straight into a ``BufferedProtocol``'s own buffer).  The most common chunk
+of all, one whole application-data record for the application (a request,
+an answer), skips the framer (:meth:`Layer._one_record_to_tail`).  What
+``receive`` is given is only valid during the call; whatever a node keeps,
+it copies.
 
 Outward, plaintext written before the handshake is complete waits in
 ``_pending`` and is encrypted, in order, the moment the handshake ends;
@@ -58,7 +61,7 @@ from typing import Protocol
 
 from . import _buffers
 from ._engine import Engine, EngineError, PeerClosed
-from ._records import RecordFramer
+from ._records import HEADER_SIZE, MAX_RECORD_BODY, RecordFramer
 from ._sni import ClientHelloSNI
 from ._view import TLSLayer
 from .errors import HandshakeError, OnionError, TLSProtocolError
@@ -87,6 +90,9 @@ class LayerState(enum.Enum):
 _S = LayerState
 # The states in which a layer still feeds its engine.
 _READING = frozenset({_S.HANDSHAKING, _S.OPEN, _S.CLOSING})
+# The content type of every TLS 1.3 record after the handshake (and of TLS
+# 1.2's application data).
+_APPLICATION_DATA = 23
 _ALLOWED: dict[LayerState, frozenset[LayerState]] = {
     _S.HANDSHAKING: frozenset({_S.OPEN, _S.BROKEN}),
     _S.OPEN: frozenset({_S.PEER_CLOSED, _S.CLOSING, _S.BROKEN}),
@@ -214,11 +220,49 @@ class Layer:
         if state is LayerState.BROKEN:
             return
         framer = self._framer
+        if state is LayerState.OPEN:
+            size = len(data)
+            if (
+                HEADER_SIZE < size <= HEADER_SIZE + MAX_RECORD_BODY
+                and data[0] == _APPLICATION_DATA
+                and data[1] == 3
+                and ((data[3] << 8) | data[4]) + HEADER_SIZE == size
+                and not framer.buffered()
+            ):
+                tail: AppEnd = self.inner  # type: ignore[assignment] # (if not a Layer)
+                if not isinstance(tail, Layer) and not tail.buffered:
+                    self._one_record_to_tail(data, tail)
+                    return
         framer.feed(data)
         try:
             self._pump()
         finally:
             framer.detach()
+
+    def _one_record_to_tail(self, record: bytes | bytearray | memoryview, tail: AppEnd) -> None:
+        """``record`` is exactly one whole application-data record and the
+        application (an ``asyncio.Protocol``) is right inside: what
+        :meth:`_pump` and :meth:`_read_to_tail` would do for it, without
+        framing (one record: no bytes can follow a close_notify in it)."""
+        engine = self.engine
+        buf = _buffers.take()
+        try:
+            engine.feed(record)
+            view = memoryview(buf)
+            try:
+                n = engine.read_into(view)
+            except PeerClosed:
+                self._peer_closed()
+                return
+            except EngineError as exc:
+                self._fail_engine(exc)
+                return
+            if n:
+                tail.receive(view[:n])
+            else:
+                self._after_control_record()  # a ticket, a KeyUpdate
+        finally:
+            _buffers.give(buf)
 
     def _pump(self) -> None:
         """Feed the engine whole records, one at a time, and move what they
