@@ -150,9 +150,11 @@ class WriteGatherer:
         goes into the chain now (unless the end of this turn is already
         scheduled to send it)."""
         self.delivering = False
-        if self._buf is not None and not self._scheduled:
-            self.flush()
+        buf = self._buf
+        if buf is not None and not self._scheduled:
             self.stop()
+            if buf:
+                self._chain.write(buf)
 
     def _compute_room(self) -> int:
         buf = self._buf
