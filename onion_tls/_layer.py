@@ -229,9 +229,9 @@ class Layer:
                 and ((data[3] << 8) | data[4]) + HEADER_SIZE == size
                 and not framer.buffered()
             ):
-                tail: AppEnd = self.inner  # type: ignore[assignment] # (if not a Layer)
-                if not isinstance(tail, Layer) and not tail.buffered:
-                    self._one_record_to_tail(data, tail)
+                inner = self.inner
+                if not isinstance(inner, Layer):
+                    self._one_record_to_tail(data, inner)  # type: ignore[arg-type]
                     return
         framer.feed(data)
         try:
@@ -241,26 +241,12 @@ class Layer:
 
     def _one_record_to_tail(self, record: bytes | bytearray | memoryview, tail: AppEnd) -> None:
         """``record`` is exactly one whole application-data record and the
-        application (an ``asyncio.Protocol``) is right inside: what
-        :meth:`_pump` and :meth:`_read_to_tail` would do for it, without
+        application is right inside: what :meth:`_pump` does for it, without
         framing (one record: no bytes can follow a close_notify in it)."""
-        engine = self.engine
+        self.engine.feed(record)
         buf = _buffers.take()
         try:
-            engine.feed(record)
-            view = memoryview(buf)
-            try:
-                n = engine.read_into(view)
-            except PeerClosed:
-                self._peer_closed()
-                return
-            except EngineError as exc:
-                self._fail_engine(exc)
-                return
-            if n:
-                tail.receive(view[:n])
-            else:
-                self._after_control_record()  # a ticket, a KeyUpdate
+            self._read_to_tail(tail, memoryview(buf))
         finally:
             _buffers.give(buf)
 
