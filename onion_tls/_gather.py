@@ -5,17 +5,24 @@ The first write of a turn of the event loop is encrypted and sent at once
 (no added latency); small writes that follow it in the same turn are
 gathered and encrypted together into full records at the end of the turn:
 fewer records, engine calls and socket writes, which is what small writes
-cost.  Writes the application makes while we deliver data to it (from
+cost.  Writes the application makes while we hand it data (from
 ``data_received``/``buffer_updated``: an echo, a reply, a request answered)
-are gathered from the first one and sent when that delivery returns
-(:meth:`WriteGatherer.end_delivery`): still no added latency, one record
-for all the answers to one read, and no end-of-turn callback to schedule.
-Gathered bytes go on at once when :data:`GATHER_MAX` wait or when,
-with them, the bytes buffered on the connection pass the high-water mark,
-so flow control sees them as if they had not waited.  While a write stays
-below both, :meth:`WriteGatherer.try_append` takes it (the common case costs
-one append).  Plaintext connections are never gathered: there is no record
-to fill.
+are gathered from the first one until that call returns
+(:meth:`WriteGatherer.end_delivery`): they leave together, before the next
+record is read, and no end-of-turn callback is scheduled for them.
+``close()`` and ``abort()`` send what is gathered first (``abort()``: as
+far as the socket takes it at once, as asyncio's own transports do with a
+write made right before it).  Gathered bytes go on at once when
+:data:`GATHER_MAX` wait or when, with them, the bytes buffered on the
+connection pass the high-water mark, so flow control sees them as if they
+had not waited.  While a write stays below both,
+:meth:`WriteGatherer.try_append` takes it (the common case costs one
+append).  Plaintext connections are never gathered: there is no record to
+fill.
+
+The gathering buffer ``_buf`` exists only between the first write of a turn
+and the end of that turn (the callback is scheduled), or during a delivery
+that wrote; it is None otherwise, and the next write goes out at once.
 
 Owns the gathering buffer and the end-of-turn callback.  Imports: asyncio
 (types), :mod:`._chain` (the chain it writes to), :mod:`._flow`.
@@ -49,12 +56,12 @@ class WriteGatherer:
         "_buf",
         "_buffered_size",
         "_chain",
+        "_deliveries",
         "_flow",
         "_loop",
         "_room",
         "_scheduled",
         "_turn_ended",
-        "delivering",
     )
 
     def __init__(
@@ -79,9 +86,9 @@ class WriteGatherer:
         self._room = 0
         #: The end-of-turn callback is scheduled.
         self._scheduled = False
-        #: The adapter is delivering data to the application (set and
-        #: cleared around each delivery; see :meth:`end_delivery`).
-        self.delivering = False
+        #: Deliveries to the application under way (they nest when the
+        #: application resumes reading from inside one).
+        self._deliveries = 0
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -109,10 +116,10 @@ class WriteGatherer:
         chain = self._chain
         buf = self._buf
         if buf is None:
-            if not self.delivering or chain.innermost() is None:
+            if not self._deliveries or chain.innermost() is None:
                 self._first_of_turn(data)
                 return False
-            # Inside a delivery: gathered from the first write on.
+            # From inside a delivery: gathered from the first write on.
             buf = self._buf = bytearray()
         if len(data) >= GATHER_SMALL:
             self.flush()
@@ -145,16 +152,26 @@ class WriteGatherer:
             self._buf = bytearray()
             self._room = 0  # (a lone write never needs it: computed by the next one)
 
+    def begin_delivery(self) -> None:
+        """The adapter hands the application data (one ``data_received``
+        or ``buffer_updated`` call): what it writes meanwhile is gathered
+        until :meth:`end_delivery`."""
+        self._deliveries += 1
+
     def end_delivery(self) -> None:
-        """A delivery to the application returned: what it wrote meanwhile
-        goes into the chain now (unless the end of this turn is already
-        scheduled to send it)."""
-        self.delivering = False
+        """The delivery returned: what the application wrote from it goes
+        into the chain now, before anything more is read (unless the end of
+        this turn is already scheduled to send it)."""
+        self._deliveries -= 1
         buf = self._buf
-        if buf is not None and not self._scheduled:
-            self.stop()
-            if buf:
-                self._chain.write(buf)
+        if self._deliveries or buf is None or self._scheduled:
+            return
+        self.stop()
+        if buf:
+            # (flow control looks after the read or flush that delivered:
+            # every entry point of the adapter that drives the chain ends
+            # with its flow update)
+            self._chain.write(buf)
 
     def _compute_room(self) -> int:
         buf = self._buf

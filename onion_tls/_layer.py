@@ -413,10 +413,7 @@ class Layer:
         """Plaintext from ``inner``."""
         state = self.state
         if (state is LayerState.OPEN or state is LayerState.PEER_CLOSED) and not self._pending:
-            if len(data) <= self._slice:
-                self._encrypt_slice(data)
-            else:
-                self._encrypt(data)
+            self._encrypt(data)
         elif state is LayerState.HANDSHAKING or self._pending:
             self._pending.append(data)
             self.pending_size += len(data)
@@ -425,28 +422,42 @@ class Layer:
         else:
             raise AssertionError(f"layer {self.depth}: write while {state.value}")
 
-    def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
+    def _encrypt(self, data: bytes | bytearray | memoryview) -> bool:
+        """Encrypt ``data`` a slice at a time, sending each slice's
+        ciphertext on before the next.  False when the engine would not take
+        all of it (a TLS 1.2 renegotiation waits for the peer): what it did
+        not take is then first in ``_pending``, before anything written
+        after it, and is retried after the next read; False too once the
+        layer is broken."""
         size = len(data)
         step = self._slice
         if size <= step:
-            self._encrypt_slice(data)
-            return
-        view = memoryview(data)
-        for start in range(0, size, step):
-            if self.state is LayerState.BROKEN:
-                return
-            piece = view[start : start + step]
-            if self._pending:
-                self._pending.append(piece)
-                self.pending_size += len(piece)
+            taken = self._encrypt_slice(data)
+            if taken == size:
+                return True
+            rest = memoryview(data)[taken:]
+        else:
+            view = memoryview(data)
+            for start in range(0, size, step):
+                piece = view[start : start + step]
+                taken = self._encrypt_slice(piece)
+                if taken < len(piece):
+                    rest = view[start + taken :]
+                    break
             else:
-                self._encrypt_slice(piece)
+                return True
+        if self.state is not LayerState.BROKEN:
+            self._pending.appendleft(rest)
+            self.pending_size += len(rest)
+        return False
 
-    def _encrypt_slice(self, data: bytes | bytearray | memoryview) -> None:
-        # An engine may take less than everything (pyOpenSSL contexts enable
-        # partial writes: one record per call), and nothing at all while a
-        # TLS 1.2 renegotiation waits for the peer: the rest is then retried,
-        # unchanged, after the next read.
+    def _encrypt_slice(self, data: bytes | bytearray | memoryview) -> int:
+        """Encrypt one slice and send its ciphertext on; returns how much of
+        it the engine took (all of it unless a renegotiation waits, or the
+        engine failed and the layer is broken)."""
+        # An engine may take less than everything per call (pyOpenSSL
+        # contexts enable partial writes: one record per call), and nothing
+        # at all while a TLS 1.2 renegotiation waits for the peer.
         engine = self.engine
         total = len(data)
         try:
@@ -456,25 +467,23 @@ class Layer:
                 while done < total:
                     taken = engine.write(view[done:])
                     if taken == 0:
-                        rest = view[done:]
-                        self._pending.appendleft(rest)
-                        self.pending_size += len(rest)
                         break
                     done += taken
         except EngineError as exc:
             self._fail_engine(exc)
-            return
+            return 0
         self._flush_output()
+        return done
 
     def _flush_pending(self) -> None:
+        """Encrypt what waited (behind the handshake, or a renegotiation),
+        in order, until the engine wants to read first."""
         pending = self._pending
-        while pending and self.state in (LayerState.OPEN, LayerState.PEER_CLOSED):
+        while pending and (self.state is LayerState.OPEN or self.state is LayerState.PEER_CLOSED):
             data = pending.popleft()
             self.pending_size -= len(data)
-            before = len(pending)
-            self._encrypt(data)
-            if len(pending) > before:
-                return  # the engine wants to read first
+            if not self._encrypt(data):
+                return  # the rest waits, in order (or the layer broke)
 
     def _flush_output(self) -> None:
         out = self.engine.take_output()

@@ -96,21 +96,11 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         return self._read_loan.lend()
 
     def buffer_updated(self, nbytes: int) -> None:
-        gather = self._gather
-        gather.delivering = True
-        try:
-            self._read_loan.filled(nbytes, self._chain.feed)
-        finally:
-            gather.end_delivery()
+        self._read_loan.filled(nbytes, self._chain.feed)
         self._after_chain_change()
 
     def data_received(self, data: bytes) -> None:
-        gather = self._gather
-        gather.delivering = True
-        try:
-            self._chain.feed(data)
-        finally:
-            gather.end_delivery()
+        self._chain.feed(data)
         self._after_chain_change()
 
     def eof_received(self) -> bool:
@@ -152,13 +142,23 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         self._raw.write(data)
 
     def deliver_data(self, data: bytes | bytearray | memoryview) -> None:
-        self._app.data(data, self._chain)
+        gather = self._gather
+        gather.begin_delivery()
+        try:
+            self._app.data(data, self._chain)
+        finally:
+            gather.end_delivery()
 
     def app_buffer(self, size: int) -> memoryview | None:
         return self._app.buffer(size)
 
     def app_buffer_filled(self, nbytes: int) -> None:
-        self._app.filled(nbytes)
+        gather = self._gather
+        gather.begin_delivery()
+        try:
+            self._app.filled(nbytes)
+        finally:
+            gather.end_delivery()
 
     def deliver_eof(self) -> bool | None:
         keep_open = self._app.eof()
@@ -297,6 +297,9 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         return self._loop
 
     def abort_connection(self) -> None:
+        # What was written before abort() goes as far as the socket takes
+        # it at once (as with asyncio's transports); nothing after it.
+        self._gather.flush()
         self._gather.stop()
         self._idle.stop()
         self._chain.abort()  # nothing more is sent or delivered

@@ -414,6 +414,40 @@ async def test_renegotiation(onion_ca: OnionCA, engine: str, depth: int, victim_
 
 
 @params
+@pytest.mark.parametrize("big", [70_000, 300_000])
+async def test_large_writes_during_a_renegotiation_keep_their_order(
+    onion_ca: OnionCA, engine: str, depth: int, big: int
+) -> None:
+    """While a server's renegotiation waits for its answer, the victim
+    (the client layer) writes large writes (several of the engine's write
+    slices each) and small ones: the engine takes nothing meanwhile, and
+    once the renegotiation is over everything arrives, in order."""
+    s = await setup(onion_ca, depth, engine)
+    fut = s.victim_client("TLSv1.2")
+    raw = s.raw_server("TLSv1.2")
+    raw.start()
+    await fut
+    raw.send(b"before")
+    await until(lambda: s.victim.data == b"before", "data")
+    assert raw.conn.renegotiate()
+    raw.hold = True
+    raw.pump()  # the HelloRequest
+    await until(lambda: raw.held > 0, "the victim's new ClientHello")
+    pieces = [b"A" * big, b"[small]", bytes(range(256)) * (big // 256), b"[end]"]
+    for i, piece in enumerate(pieces):
+        s.pair.server.write(piece)
+        if i < 2:
+            await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+    raw.release()
+    want = b"".join(pieces)
+    await until(lambda: len(raw.plain) >= len(want), "the victim's data")
+    assert bytes(raw.plain) == want
+    assert raw.conn.total_renegotiations() == 1
+    await s.finish()
+
+
+@params
 async def test_close_during_a_renegotiation(onion_ca: OnionCA, engine: str, depth: int) -> None:
     """close() while a server's renegotiation is half done (the victim's new
     ClientHello sent, the answer not yet back): OpenSSL cannot send a

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from onion_tls import LayerStateError, OnionProtocol, OnionTransport, TLSLayer
+from onion_tls import LayerStateError, OnionProtocol, OnionTransport, TLSLayer, TLSProtocolError
 from onion_tls._gather import GATHER_MAX, GATHER_SMALL
 from onion_tls.testing import Engine, MemoryPipe, MemoryTransport, OnionCA
 
@@ -157,8 +157,9 @@ async def test_answers_from_data_received_leave_when_it_returns(
 ) -> None:
     """What the application writes while it is handed data (three writes
     from data_received) leaves in one record of the innermost layer as soon
-    as data_received returns: on the wire before any other turn of the
-    loop, nothing left gathered, nothing reordered."""
+    as data_received returns: on the wire before any other turn of the loop
+    (and before the next record is read), nothing left gathered, nothing
+    reordered."""
     async with connect("memory") as pair:
         await push(pair, onion_ca, onion_engine, depth)
         pieces = (b"answer one;", b"answer two;", b"answer three;")
@@ -168,6 +169,7 @@ async def test_answers_from_data_received_leave_when_it_returns(
                 pair.server.write(piece)
             # still inside the delivery: gathered, counted as buffered
             assert pair.server_onion.gathered_size() == sum(map(len, pieces))
+            assert pair.server.get_write_buffer_size() == sum(map(len, pieces))
 
         pair.s.on_data = answer
         pipe = hold(pair)
@@ -176,7 +178,7 @@ async def test_answers_from_data_received_leave_when_it_returns(
         assert pipe.step(pipe.a)  # delivers the question to the server, nothing else
         assert pair.s.data == b"question"
         new = wire(pipe.b)[before:]
-        # one record of the outermost layer (carrying one of each inner layer)
+        # one record of the outermost layer (carrying one of every inner layer)
         assert records(new) == [(APPLICATION_DATA, len(new) - 5)]
         assert pair.server_onion.gathered_size() == 0
         release(pipe)
@@ -404,9 +406,13 @@ async def test_write_eof_with_a_layer_sends_gathered_writes_first(
 
 
 @pytest.mark.parametrize("depth", [1, 2])
-async def test_abort_drops_gathered_writes_quietly(
+async def test_abort_then_writes_are_dropped_quietly(
     onion_ca: OnionCA, onion_engine: Engine, depth: int
 ) -> None:
+    """abort() hands what is gathered to the socket transport first (it
+    goes as far as the socket takes it at once: here nothing, the pipe is
+    held and an aborted transport drops its buffer), then nothing more:
+    writes after it are ignored, quietly, and nothing stays counted."""
     async with connect("memory") as pair:
         await push(pair, onion_ca, onion_engine, depth)
         pipe = hold(pair)
@@ -691,9 +697,97 @@ async def test_echo_from_data_received_through_two_layers(
         assert echo_writes > 50, "the test needs many pieces at the server"
         if pipe is not None and server_high is not None:
             down = len(records(bytes(pipe.sent["b"]))) - down_before
-            # an inner record per 16 KiB of a delivery, carried in at most
+            # per delivery: an inner record per 16 KiB, carried in at most
             # one outer record more (the inner records' overhead)
             needed = sum(math.ceil(len(c) / RECORD) + 1 for c in pair.s.chunks)
             assert down <= needed, (down, needed)
             assert down < echo_writes * 2, (down, echo_writes)
         assert pair.c.lost == [] and pair.s.lost == []
+
+
+# -- 10. writes queued in a layer keep their order ------------------------------------
+
+
+@pytest.mark.parametrize("version", [None, "TLSv1.2"])
+@pytest.mark.parametrize("big", [100_000, 300_000])
+@pytest.mark.parametrize("who", ["client", "server"])
+async def test_writes_queued_behind_a_handshake_keep_their_order(
+    onion_ca: OnionCA, onion_engine: Engine, who: str, big: int, version: str | None
+) -> None:
+    """A write larger than the engine's write slice (64 KiB for a stdlib
+    layer, 256 KiB on the direct pyOpenSSL path), then a small one, both made
+    while the layer's handshake runs, and then 30 kB writes that the
+    gatherer joins into pieces of ~96 KiB: all arrive in order once the
+    layer is up, from either end (a TLS 1.3 server gets no record after
+    the client's Finished to push anything left behind)."""
+    async with connect("memory") as pair:
+        writer, reader = (pair.client, pair.s) if who == "client" else (pair.server, pair.c)
+        writer.set_write_buffer_limits(high=1 << 20)
+        pair.pipe.auto = False  # the handshake waits
+        fs = pair.server.start_tls(
+            onion_ca.server_context(1, onion_engine, version=version), server_side=True
+        )
+        fc = pair.client.start_tls(
+            onion_ca.client_context(onion_engine, version=version),
+            server_hostname=onion_ca.hostname(1),
+        )
+        pieces = [pattern(b"big", big), b"[small]"]
+        pieces += [pattern(b"w%d" % i, 30_000) for i in range(8)]
+        for i, piece in enumerate(pieces):
+            writer.write(piece)
+            if i < 2 or i == 5:
+                await asyncio.sleep(0)  # (a new turn: the gatherer starts over)
+        pair.pipe.auto = True
+        pair.pipe.kick()
+        await asyncio.wait_for(asyncio.gather(fc, fs), WAIT)
+        want = b"".join(pieces)
+        await reader.wait_for(lambda: len(reader.data) >= len(want), "all the data")
+        assert_same(bytes(reader.data), want, "what arrived")
+
+
+# -- 11. answers from a delivery, then the end ---------------------------------------------
+
+
+@pytest.mark.parametrize("second", [False, True])
+async def test_answer_then_abort_in_one_callback(
+    onion_ca: OnionCA, onion_engine: Engine, second: bool
+) -> None:
+    """ "Send an error, then abort": what data_received wrote right before
+    abort() (one write or two, gathered) reaches the peer over a real
+    socket, as it does with asyncio's own TLS (abort() sends what is
+    gathered first, as far as the socket takes it at once)."""
+    async with connect("loopback") as pair:
+        await start_layer(pair, onion_ca, 1, client_engine=onion_engine, server_engine=onion_engine)
+        await settle()
+
+        def on_data(data: bytes) -> None:
+            pair.server.write(b"bye:" + data)
+            if second:
+                pair.server.write(b";more")
+            pair.server.abort()
+
+        pair.s.on_data = on_data
+        pair.client.write(b"hello")
+        await pair.c.wait_lost()
+        assert bytes(pair.c.data) == b"bye:hello" + (b";more" if second else b"")
+
+
+async def test_answer_leaves_before_the_next_record_breaks_the_layer(
+    onion_ca: OnionCA, onion_engine: Engine
+) -> None:
+    """The answer to a record leaves before the next record of the same
+    read is decrypted: when that one is corrupted, the peer still gets the
+    answer, then the alert."""
+    async with connect("memory", coalesce=True) as pair:
+        await start_layer(pair, onion_ca, 1, client_engine=onion_engine, server_engine=onion_engine)
+        await settle()
+        pair.s.on_data = lambda data: pair.server.write(b"answer:" + data)
+        pipe = hold(pair)
+        pair.client.write(b"question")
+        pair.client_onion.send_gathered()
+        pipe.a.write(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # a bad MAC, in the same read
+        release(pipe)
+        await pair.s.wait_lost()
+        await pair.c.wait_lost()
+        assert bytes(pair.c.data) == b"answer:question"
+        assert isinstance(pair.s.lost[0], TLSProtocolError)
