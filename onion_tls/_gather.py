@@ -201,7 +201,9 @@ class WriteGatherer:
         if buf:
             self._chain.write(buf)
             self._turn_ended()
-        # (nothing gathered: flow control saw every write of the turn already)
+        # (nothing gathered now: every write of the turn went into the chain
+        # with a flow update after it, or was flushed by a caller that makes
+        # its own: a layer change, close, send_gathered)
 
     def stop(self) -> None:
         """The next write goes out at once (what is gathered is dropped)."""

@@ -248,6 +248,7 @@ class OnionProtocol(asyncio.Protocol, asyncio.BufferedProtocol):
         (``onion_tls.testing``'s pipe does this before moving bytes, as a
         turn of the loop would)."""
         self._gather.flush()
+        self._update_app_writing()
 
     def sync_reading(self) -> None:
         """Pause or resume the raw transport's reading as the chain wants."""

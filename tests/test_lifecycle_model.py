@@ -435,13 +435,26 @@ class Lifecycle(RuleBasedStateMachine):
         )
 
     @precondition(_push_ok)
-    @rule(choice=layer_choices)
-    def push(self, choice: LayerChoice) -> None:
-        self._push(*choice)
+    @rule(
+        choice=layer_choices,
+        then_write=st.lists(
+            st.tuples(sides, st.sampled_from((1, 5000, 70_000, 300_000))), max_size=3
+        ),
+    )
+    def push(self, choice: LayerChoice, then_write: list[tuple[str, int]]) -> None:
+        self._push(*choice, then_write=then_write)
 
-    def _push(self, tls_server: str, engine_a: str, engine_b: str, version: str | None) -> None:
+    def _push(
+        self,
+        tls_server: str,
+        engine_a: str,
+        engine_b: str,
+        version: str | None,
+        then_write: list[tuple[str, int]] = (),  # type: ignore[assignment]
+    ) -> None:
         """Both ends start_tls, once nothing is in flight and both read (as
-        after a STARTTLS exchange)."""
+        after a STARTTLS exchange); then maybe writes, which wait in the
+        handshaking layer (some larger than an engine's write slice)."""
         a, b = self.a, self.b
         for e in (a, b):
             if e.paused:
@@ -464,6 +477,8 @@ class Lifecycle(RuleBasedStateMachine):
                         server_hostname=None if server else _CA.hostname(depth),
                     )
                 )
+            for side, n in then_write:
+                self.end(side).write(n)
 
         self.call(go)
 
