@@ -271,7 +271,10 @@ class OnionTransport(asyncio.Transport):
         return not self._chain.layers() and raw is not None and raw.can_write_eof()
 
     def abort(self) -> None:
-        """Close at once: nothing more is sent, not even close_notify."""
+        """Close at once: nothing more is sent, not even close_notify.  What
+        was written before goes as far as the socket takes it at once (as
+        with asyncio's transports: small writes gathered in this turn are
+        handed to it first); the rest is dropped."""
         self._p.abort_connection()
 
 
