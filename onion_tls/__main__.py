@@ -78,10 +78,11 @@ def _run_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         try:
             asyncio.run(serve_demo(args.port or 0, args.host, args.engine, args.ca_out))
         except KeyboardInterrupt:
-            print("onion_tls demo server: stopped", flush=True)
+            pass
         except OSError as exc:
             print(f"onion_tls demo server: cannot serve on {args.host}: {exc}", file=sys.stderr)
             return 1
+        print("onion_tls demo server: stopped", flush=True)
         return 0
     from ._demo import run_demo
 

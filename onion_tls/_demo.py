@@ -25,7 +25,9 @@ Imports: :mod:`._view`, :mod:`.errors`, :mod:`.streams`, :mod:`.testing`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING, TextIO
 
@@ -215,7 +217,8 @@ async def serve_demo(
     out: TextIO = sys.stdout,
     ready: asyncio.Future[int] | None = None,
 ) -> None:
-    """Serve the echo server until cancelled (Ctrl-C)."""
+    """Serve the echo server until cancelled (Ctrl-C) or sent SIGTERM (a
+    server started in the background ignores Ctrl-C's SIGINT)."""
     ca = OnionCA()
     ca.write_ca_pem(ca_path)
     echo = EchoServer(DemoPlan(ca, engine), out=out)
@@ -242,8 +245,11 @@ async def serve_demo(
     print("waiting for connections (Ctrl-C to stop)", file=out, flush=True)
     if ready is not None:
         ready.set_result(bound[1])
+    stop = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, AttributeError):  # (no POSIX signals)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         server.close()
         for task in list(echo.tasks):

@@ -180,7 +180,9 @@ def test_demo_serves_and_the_client_connects(tmp_path: Path) -> None:
         assert "> two   (inside 1 layer(s))" in out
         assert out.rstrip().endswith("* closed")
     finally:
-        server.send_signal(signal.SIGINT)
+        # SIGTERM, not Ctrl-C's SIGINT: a test run started as a background
+        # job passes SIGINT on ignored, and the server would not stop.
+        server.send_signal(signal.SIGTERM)
         rest, err = server.communicate(timeout=30)
     assert server.returncode == 0, err
     assert err == ""
