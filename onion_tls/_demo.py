@@ -25,7 +25,6 @@ Imports: :mod:`._view`, :mod:`.errors`, :mod:`.streams`, :mod:`.testing`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -246,7 +245,7 @@ async def serve_demo(
     if ready is not None:
         ready.set_result(bound[1])
     stop = asyncio.Event()
-    with contextlib.suppress(NotImplementedError, AttributeError):  # (no POSIX signals)
+    if sys.platform != "win32":  # (the loops there take no signal handlers)
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     try:
         await stop.wait()

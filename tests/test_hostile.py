@@ -413,15 +413,10 @@ async def test_renegotiation(onion_ca: OnionCA, engine: str, depth: int, victim_
     assert s.victim.lost == [None]
 
 
-@params
-@pytest.mark.parametrize("big", [70_000, 300_000])
-async def test_large_writes_during_a_renegotiation_keep_their_order(
-    onion_ca: OnionCA, engine: str, depth: int, big: int
-) -> None:
-    """While a server's renegotiation waits for its answer, the victim
-    (the client layer) writes large writes (several of the engine's write
-    slices each) and small ones: the engine takes nothing meanwhile, and
-    once the renegotiation is over everything arrives, in order."""
+async def mid_renegotiation(onion_ca: OnionCA, depth: int, engine: str) -> tuple[Setup, RawTLS]:
+    """A TLS 1.2 victim client layer in the middle of a renegotiation the
+    raw server asked for: its new ClientHello sent, the answer held back
+    (``raw.release()`` lets it go)."""
     s = await setup(onion_ca, depth, engine)
     fut = s.victim_client("TLSv1.2")
     raw = s.raw_server("TLSv1.2")
@@ -433,6 +428,19 @@ async def test_large_writes_during_a_renegotiation_keep_their_order(
     raw.hold = True
     raw.pump()  # the HelloRequest
     await until(lambda: raw.held > 0, "the victim's new ClientHello")
+    return s, raw
+
+
+@params
+@pytest.mark.parametrize("big", [70_000, 300_000])
+async def test_large_writes_during_a_renegotiation_keep_their_order(
+    onion_ca: OnionCA, engine: str, depth: int, big: int
+) -> None:
+    """While a server's renegotiation waits for its answer, the victim
+    (the client layer) writes large writes (several of the engine's write
+    slices each) and small ones: the engine takes nothing meanwhile, and
+    once the renegotiation is over everything arrives, in order."""
+    s, raw = await mid_renegotiation(onion_ca, depth, engine)
     pieces = [b"A" * big, b"[small]", bytes(range(256)) * (big // 256), b"[end]"]
     for i, piece in enumerate(pieces):
         s.pair.server.write(piece)
@@ -454,17 +462,7 @@ async def test_close_during_a_renegotiation(onion_ca: OnionCA, engine: str, dept
     close_notify in the middle of a handshake ("shutdown while in init"), so
     the layer sends it as soon as the renegotiation is over - no error
     escapes, and the close is clean on both sides (DESIGN rule 14)."""
-    s = await setup(onion_ca, depth, engine)
-    fut = s.victim_client("TLSv1.2")
-    raw = s.raw_server("TLSv1.2")
-    raw.start()
-    await fut
-    raw.send(b"before")
-    await until(lambda: s.victim.data == b"before", "data")
-    assert raw.conn.renegotiate()
-    raw.hold = True
-    raw.pump()  # the HelloRequest
-    await until(lambda: raw.held > 0, "the victim's new ClientHello")
+    s, raw = await mid_renegotiation(onion_ca, depth, engine)
     s.pair.server.close()
     await asyncio.sleep(0.01)
     assert raw.error is None and not s.victim.lost
